@@ -1,0 +1,238 @@
+"""The state store: one layer over any backend that builds every key and enforces the
+user partition. Memory and Redis backends both sit under it, so the in-process runner
+and the queued workers read and write exactly the same records.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+import msgspec
+
+from vars_core.store.backend import KVBackend, MemoryBackend, Op
+from vars_core.types import (
+    Card,
+    CardEmbedding,
+    Message,
+    SessionRecord,
+    SessionState,
+    UserVector,
+)
+
+T = TypeVar("T")
+
+_ENC = msgspec.msgpack.Encoder()
+_USER_ID = re.compile(r"^[^\s{}]{1,200}$")
+
+
+class PartitionError(PermissionError):
+    """A read or write that would cross from one user's data into another's."""
+
+
+def encode(value: object) -> bytes:
+    return _ENC.encode(value)
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    return msgspec.msgpack.decode(data, type=kind)
+
+
+def check_user_id(user_id: str) -> str:
+    if not _USER_ID.match(user_id):
+        raise ValueError(
+            f"invalid user id {user_id!r}: 1-200 characters, no whitespace and no braces"
+        )
+    return user_id
+
+
+class Keys:
+    """Every key the product writes. User keys carry the id in braces (a Redis Cluster
+    hash tag), so one user's keys live together and a prefix never matches another user."""
+
+    def __init__(self, namespace: str = "vars") -> None:
+        self.ns = namespace
+
+    def user(self, user_id: str, what: str) -> str:
+        return f"{self.ns}:user:{{{check_user_id(user_id)}}}:{what}"
+
+    def session(self, session_id: str, what: str = "state") -> str:
+        return f"{self.ns}:sess:{{{session_id}}}:{what}"
+
+    def stage_output(self, session_id: str, turn: int, stage: str) -> str:
+        return self.session(session_id, f"out:{turn}:{stage}")
+
+    def marker(self, session_id: str, turn: int, stage: str) -> str:
+        return self.session(session_id, f"done:{turn}:{stage}")
+
+    def profile(self, campaign_id: str, profile_id: str) -> str:
+        return f"{self.ns}:profile:{{{campaign_id}}}:{profile_id}"
+
+    def campaign(self, campaign_id: str, what: str) -> str:
+        return f"{self.ns}:campaign:{{{campaign_id}}}:{what}"
+
+
+class UserScope:
+    """One user's view of the store. Every key it builds carries its own user id, and
+    records read back are checked to belong to it: a cross-user read fails closed."""
+
+    def __init__(self, store: StateStore, user_id: str) -> None:
+        self.store = store
+        self.user_id = check_user_id(user_id)
+        self._k = store.keys
+
+    # keys ---------------------------------------------------------------------
+    @property
+    def cards_key(self) -> str:
+        return self._k.user(self.user_id, "cards")
+
+    @property
+    def embeddings_key(self) -> str:
+        return self._k.user(self.user_id, "emb")
+
+    @property
+    def version_key(self) -> str:
+        return self._k.user(self.user_id, "version")
+
+    @property
+    def vector_key(self) -> str:
+        return self._k.user(self.user_id, "vector")
+
+    def trace_key(self, session_id: str, turn: int) -> str:
+        return self._k.user(self.user_id, f"trace:{session_id}:{turn}")
+
+    # reads --------------------------------------------------------------------
+    def cards(self, include_superseded: bool = False) -> dict[str, Card]:
+        raw = self.store.backend.hgetall(self.cards_key)
+        cards = {cid: self._own(decode(data, Card)) for cid, data in raw.items()}
+        if include_superseded:
+            return dict(sorted(cards.items()))
+        return {cid: c for cid, c in sorted(cards.items()) if c.superseded_by is None}
+
+    def cards_by_id(self, card_ids: list[str]) -> list[Card]:
+        out = []
+        for cid in card_ids:
+            data = self.store.backend.hget(self.cards_key, cid)
+            if data is None:
+                raise PartitionError(f"card {cid!r} is not in the store of user {self.user_id!r}")
+            out.append(self._own(decode(data, Card)))
+        return out
+
+    def embeddings(self) -> dict[str, CardEmbedding]:
+        raw = self.store.backend.hgetall(self.embeddings_key)
+        return {cid: decode(data, CardEmbedding) for cid, data in sorted(raw.items())}
+
+    def version(self) -> int:
+        data = self.store.backend.get(self.version_key)
+        return int(data) if data else 0
+
+    def vector(self, dim: int, projection_version: str = "") -> UserVector:
+        data = self.store.backend.get(self.vector_key)
+        if data is None:
+            zeros = [0.0] * dim
+            return UserVector(z_long=zeros, z_short=list(zeros), projection_version=projection_version)
+        return decode(data, UserVector)
+
+    # write ops ----------------------------------------------------------------
+    def put_card_ops(self, card: Card, embedding: CardEmbedding | None) -> list[Op]:
+        self._own(card)
+        ops = [Op("hset", self.cards_key, card.card_id, encode(card))]
+        if embedding is not None:
+            ops.append(Op("hset", self.embeddings_key, card.card_id, encode(embedding)))
+        return ops
+
+    def delete_card_ops(self, card_id: str) -> list[Op]:
+        return [Op("hdel", self.cards_key, card_id), Op("hdel", self.embeddings_key, card_id)]
+
+    def bump_version_op(self) -> Op:
+        return Op("incr", self.version_key, value=b"1")
+
+    def put_vector_op(self, vector: UserVector) -> Op:
+        return Op("set", self.vector_key, value=encode(vector))
+
+    def _own(self, card: Card) -> Card:
+        if card.user_id != self.user_id:
+            raise PartitionError(
+                f"card {card.card_id!r} belongs to another user, not {self.user_id!r}"
+            )
+        return card
+
+
+class StateStore:
+    """Typed access to sessions, messages, stage outputs, profiles and user scopes."""
+
+    def __init__(self, backend: KVBackend | None = None, namespace: str = "vars") -> None:
+        self.backend: KVBackend = backend if backend is not None else MemoryBackend()
+        self.keys = Keys(namespace)
+
+    def user(self, user_id: str) -> UserScope:
+        return UserScope(self, user_id)
+
+    # sessions -------------------------------------------------------------------
+    def session(self, session_id: str) -> SessionState:
+        data = self.backend.get(self.keys.session(session_id))
+        if data is None:
+            raise KeyError(f"unknown session {session_id!r}")
+        return decode(data, SessionState)
+
+    def put_session_op(self, state: SessionState) -> Op:
+        return Op("set", self.keys.session(state.session_id), value=encode(state))
+
+    def messages(self, session_id: str) -> list[Message]:
+        raw = self.backend.lrange(self.keys.session(session_id, "messages"))
+        return [decode(item, Message) for item in raw]
+
+    def append_message_op(self, session_id: str, message: Message) -> Op:
+        return Op("rpush", self.keys.session(session_id, "messages"), value=encode(message))
+
+    def stage_output(self, session_id: str, turn: int, stage: str, kind: type[T]) -> T | None:
+        data = self.backend.get(self.keys.stage_output(session_id, turn, stage))
+        return None if data is None else decode(data, kind)
+
+    def stage_output_op(self, session_id: str, turn: int, stage: str, value: object) -> Op:
+        return Op("set", self.keys.stage_output(session_id, turn, stage), value=encode(value))
+
+    def is_committed(self, session_id: str, turn: int, stage: str) -> bool:
+        return self.backend.exists(self.keys.marker(session_id, turn, stage))
+
+    def commit_stage(self, session_id: str, turn: int, stage: str, ops: list[Op]) -> bool:
+        """Write a stage's ops and its marker at once; False if it was already committed."""
+        return self.backend.apply(ops, marker=self.keys.marker(session_id, turn, stage))
+
+    def transact_stage(
+        self,
+        session_id: str,
+        turn: int,
+        stage: str,
+        watch: list[str],
+        build: Callable[[], list[Op]],
+    ) -> bool:
+        """Read-modify-write commit: ``build`` reads current state (e.g. a user's vector)
+        and returns ops; they and the marker are written only if nothing watched changed."""
+        marker = self.keys.marker(session_id, turn, stage)
+
+        def guarded() -> tuple[list[Op], bool]:
+            if self.backend.exists(marker):
+                return [], False
+            ops = build()
+            return [*ops, Op("set", marker, value=b"1")], True
+
+        return self.backend.transact([marker, *watch], guarded)
+
+    # profiles and records -------------------------------------------------------
+    def put_profile_op(self, campaign_id: str, profile_id: str, profile: object) -> Op:
+        return Op("set", self.keys.profile(campaign_id, profile_id), value=encode(profile))
+
+    def profile(self, campaign_id: str, profile_id: str, kind: type[T]) -> T:
+        data = self.backend.get(self.keys.profile(campaign_id, profile_id))
+        if data is None:
+            raise KeyError(f"unknown profile {profile_id!r} in campaign {campaign_id!r}")
+        return decode(data, kind)
+
+    def session_record(self, session_id: str) -> SessionRecord | None:
+        data = self.backend.get(self.keys.session(session_id, "record"))
+        return None if data is None else decode(data, SessionRecord)
+
+    def put_session_record_op(self, record: SessionRecord) -> Op:
+        return Op("set", self.keys.session(record.session_id, "record"), value=encode(record))

@@ -1,0 +1,234 @@
+"""Every record and message of the engine, as msgspec structs.
+
+Structs are frozen where they are values passed between stages; the few that are
+accumulated in place (a session's running metrics) are not. Float vectors are plain
+lists of floats on the wire; code that does arithmetic converts them to numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Role = Literal["system", "user", "assistant"]
+Stage = Literal["simulate", "judge", "update", "extract", "retrieve", "generate"]
+STAGES: tuple[Stage, ...] = ("simulate", "judge", "update", "extract", "retrieve", "generate")
+
+MethodName = Literal["vanilla", "contextual", "reflection", "all_memory", "rag", "rag_vector"]
+
+RewardLabel = Literal[
+    "neg_constraint_restate",
+    "neg_correction",
+    "neg_confusion",
+    "pos_praise",
+    "pos_progress",
+    "neutral",
+    "topic_shift",
+]
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+class Verifier(msgspec.Struct, frozen=True):
+    """A programmatic check of one preference on an agent reply.
+
+    kind: "regex" (pattern must match), "not_regex" (must not match),
+    "max_words", "min_words" (limit on the word count).
+    """
+
+    kind: Literal["regex", "not_regex", "max_words", "min_words"]
+    pattern: str = ""
+    limit: int = 0
+
+
+class Preference(msgspec.Struct, frozen=True):
+    pref_id: str
+    category: str
+    condition: str
+    action: str
+    conflict_group: str | None = None
+    priority_context: list[str] = []
+    verifier: Verifier | None = None
+
+
+class Profile(msgspec.Struct, frozen=True):
+    profile_id: str
+    persona: str
+    preferences: list[Preference]
+
+
+class Problem(msgspec.Struct, frozen=True):
+    problem_id: str
+    domain: str
+    question: str
+    answer: str
+    difficulty: int = 1
+
+
+# --------------------------------------------------------------------------- conversation
+
+
+class Message(msgspec.Struct, frozen=True):
+    role: Role
+    content: str
+    turn: int = 0
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class ExtractedPreference(msgspec.Struct, frozen=True):
+    condition: str
+    action: str
+    confidence: float = 1.0
+
+
+class Card(msgspec.Struct, frozen=True):
+    """One remembered preference of one user: "When {condition}, {action}."."""
+
+    card_id: str
+    user_id: str
+    condition: str
+    action: str
+    note: str
+    confidence: float = 1.0
+    created_at: str = ""  # "session:turn" that created it, for audit
+    superseded_by: str | None = None
+
+
+class CardEmbedding(msgspec.Struct, frozen=True):
+    """The card's note and condition embeddings (unit norm) and its item vector."""
+
+    note: list[float]
+    condition: list[float]
+    item: list[float]
+    projection_version: str
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class RetrievalTrace(msgspec.Struct, frozen=True):
+    """Everything a later REINFORCE update needs, frozen at retrieval time."""
+
+    user_id: str
+    candidate_ids: list[str]
+    item_vectors: list[list[float]]
+    base_scores: list[float]  # s0 per candidate
+    probs: list[float]  # pi over candidates at sampling time
+    chosen: list[int]  # indices into candidate_ids, in sampled order
+    tau: float
+    sampled: bool  # Plackett-Luce sample (True) or greedy top-k (False)
+    projection_version: str
+
+
+class UserVector(msgspec.Struct, frozen=True):
+    z_long: list[float]
+    z_short: list[float]
+    baseline: float = 0.0
+    updates: int = 0
+    projection_version: str = ""
+
+
+# --------------------------------------------------------------------------- stage outputs
+
+
+class JudgeResult(msgspec.Struct, frozen=True):
+    label: RewardLabel
+    confidence: float
+    reward: float
+    apply: bool  # the gate: False means no update this turn
+    g: float  # gate weight (= confidence when applied, else 0)
+    parsed: bool = True  # False when an LLM judge reply did not parse
+
+
+class UpdateResult(msgspec.Struct, frozen=True):
+    applied: bool
+    advantage: float = 0.0
+    reason: str = ""
+
+
+class SimulatorTurn(msgspec.Struct, frozen=True):
+    """What the simulated user says at one turn, and how it rated the last reply."""
+
+    message: str
+    terminate: bool
+    satisfied: dict[str, bool] = {}  # pref_id -> satisfied, applicable prefs only
+    enforced: list[str] = []  # pref_ids restated in this message
+    draft_answer: str = ""
+    timeout: bool = False
+    conflict_probe: bool = False
+    conflict_correct: list[bool] = []  # per conflict group both sides of which applied
+
+
+class AgentReply(msgspec.Struct, frozen=True):
+    content: str
+    usage: Usage = Usage()
+
+
+class RetrieveResult(msgspec.Struct, frozen=True):
+    card_ids: list[str]  # in prompt order
+    notes: list[str]
+
+
+class ExtractResult(msgspec.Struct, frozen=True):
+    extracted: list[ExtractedPreference]
+    added: list[str]
+    merged: list[str]
+    superseded: list[str]
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class SessionState(msgspec.Struct, frozen=True):
+    """A session's fixed facts; everything that changes lives in stage outputs."""
+
+    session_id: str
+    user_id: str
+    method: str
+    profile_id: str
+    session_index: int
+    problem: Problem
+    max_turns: int
+    seed: int
+    campaign_id: str = ""
+    opening: str = ""  # the user's first message, decided at session start
+
+
+class SessionRecord(msgspec.Struct):
+    """One finished session: what `sessions.jsonl` holds, one line each."""
+
+    session_id: str
+    campaign_id: str
+    user_id: str
+    profile_id: str
+    method: str
+    session_index: int
+    problem_id: str
+    domain: str
+    turns: int = 0
+    enforcements: int = 0
+    success: bool = False
+    timeout: bool = False
+    user_tokens: int = 0
+    agent_tokens: int = 0
+    applicable_pairs: int = 0  # (applicable preference, agent turn) pairs
+    satisfied_pairs: int = 0
+    conflict_probes: int = 0
+    conflict_correct: int = 0
+    rewards: list[float] = []
+    updates_applied: int = 0
+    status: str = "done"  # done | failed
+    failure: str = ""
+
+    @property
+    def compliance(self) -> float:
+        return self.satisfied_pairs / self.applicable_pairs if self.applicable_pairs else 1.0
