@@ -173,6 +173,14 @@ class AgentReply(msgspec.Struct, frozen=True):
     usage: Usage = Usage()
 
 
+class GenerateResult(msgspec.Struct, frozen=True):
+    """The agent's reply and the notes the method put in its prompt (an audit of what
+    memory reached the agent)."""
+
+    reply: AgentReply
+    notes: list[str] = []
+
+
 class RetrieveResult(msgspec.Struct, frozen=True):
     card_ids: list[str]  # in prompt order
     notes: list[str]
@@ -201,6 +209,8 @@ class SessionState(msgspec.Struct, frozen=True):
     seed: int
     campaign_id: str = ""
     opening: str = ""  # the user's first message, decided at session start
+    conflict_probe: bool = False  # the opening triggers both sides of a conflict group
+    lane: Literal["campaign", "live"] = "campaign"
 
 
 class SessionRecord(msgspec.Struct):

@@ -1,0 +1,133 @@
+"""Launching a campaign onto the queues and following it to its results directory."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import msgspec
+from celery import Celery
+
+from queues.events import StageTask
+from scheduler.profiles import campaign_profiles
+from scheduler.spec import CampaignSpec
+from vars_core.campaign import (
+    CampaignPlan,
+    finished_session_ids,
+    first_sessions,
+    load_plan,
+    progress,
+    save_plan,
+)
+from vars_core.engine import Engine
+from vars_core.store import StateStore
+from vars_core.store.backend import Op
+from vars_core.types import SessionRecord
+from workers.publish import publish_many
+
+
+def new_campaign_id(name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def plan_campaign(spec: CampaignSpec, campaign_id: str | None = None):
+    profiles = campaign_profiles(spec.profiles, spec.seed)
+    plan = CampaignPlan(
+        campaign_id=campaign_id or new_campaign_id(spec.name),
+        name=spec.name,
+        methods=list(spec.methods),
+        profile_ids=[p.profile_id for p in profiles],
+        sessions=spec.sessions,
+        max_turns=spec.max_turns,
+        datasets=list(spec.datasets),
+        seed=spec.seed,
+    )
+    return plan, profiles
+
+
+def launch(app: Celery, engine: Engine, store: StateStore, spec: CampaignSpec) -> CampaignPlan:
+    """Store the plan and profiles, start every lane's first session, enqueue them."""
+    plan, profiles = plan_campaign(spec)
+    save_plan(store, plan, profiles)
+    store.backend.apply(
+        [Op("set", store.keys.campaign(plan.campaign_id, "spec"), value=msgspec.json.encode(spec))]
+    )
+    sessions = first_sessions(engine, store, plan)
+    publish_many(app, [StageTask(s.session_id, 1, "simulate", "campaign") for s in sessions])
+    return plan
+
+
+def write_campaign_json(results: Path, store: StateStore, plan: CampaignPlan) -> None:
+    spec = store.backend.get(store.keys.campaign(plan.campaign_id, "spec"))
+    document = {
+        "campaign_id": plan.campaign_id,
+        "spec": msgspec.json.decode(spec) if spec else None,
+        "plan": msgspec.to_builtins(plan),
+    }
+    (results / "campaign.json").write_bytes(msgspec.json.format(msgspec.json.encode(document)))
+
+
+def record_line(record: SessionRecord) -> bytes:
+    data = msgspec.to_builtins(record)
+    data["compliance"] = record.compliance
+    return msgspec.json.encode(data) + b"\n"
+
+
+def follow(
+    store: StateStore,
+    campaign_id: str,
+    results_dir: Path,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> list[SessionRecord]:
+    """Append each finished session to ``sessions.jsonl`` as it lands, until all are in.
+
+    Resumable: lines already in the file are not written again.
+    """
+    plan = load_plan(store, campaign_id)
+    results = Path(results_dir) / campaign_id
+    results.mkdir(parents=True, exist_ok=True)
+    write_campaign_json(results, store, plan)
+    lines_path = results / "sessions.jsonl"
+    written = sum(1 for _ in lines_path.open()) if lines_path.exists() else 0
+    records: list[SessionRecord] = []
+    started = time.monotonic()
+    with lines_path.open("ab") as out:
+        while True:
+            new_ids = finished_session_ids(store, campaign_id, written)
+            for session_id in new_ids:
+                record = store.session_record(session_id)
+                if record is None:  # pragma: no cover - the id is pushed with the record
+                    break
+                out.write(record_line(record))
+                records.append(record)
+                written += 1
+            out.flush()
+            done, failed = progress(store, campaign_id)
+            if on_progress:
+                on_progress(done, failed, plan.total_sessions)
+            if written >= plan.total_sessions:
+                return records
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                raise TimeoutError(
+                    f"campaign {campaign_id}: {written}/{plan.total_sessions} sessions after {timeout_s:.0f} s"
+                )
+            time.sleep(poll_s)
+
+
+def read_records(results: Path) -> list[SessionRecord]:
+    lines = (results / "sessions.jsonl").read_bytes().splitlines()
+    return [msgspec.json.decode(line, type=SessionRecord) for line in lines if line.strip()]
+
+
+def print_progress(done: int, failed: int, total: int) -> None:
+    sys.stderr.write(f"\r{done + failed}/{total} sessions ({failed} failed)")
+    sys.stderr.flush()
+    if done + failed >= total:
+        sys.stderr.write("\n")

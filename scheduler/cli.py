@@ -1,0 +1,161 @@
+"""`vars`: the one command. Subcommands import what they need lazily, so `vars --help`
+and `vars down` start fast and never load a model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+STAGE_NAMES = ("simulate", "judge", "update", "extract", "retrieve", "generate")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.gpu is not None:
+        # Before anything imports torch: a worker sees only its own GPUs.
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    from scheduler.embedded_redis import resolve_redis_url
+
+    url, _ = resolve_redis_url(local=False)
+    os.environ["REDIS_URL"] = url
+    from queues.topology import queue_for
+    from workers.app import app
+
+    queues = f"{queue_for(args.stage, 'live')},{queue_for(args.stage, 'campaign')}"
+    name = f"{args.stage}-gpu{args.gpu}@%h" if args.gpu is not None else f"{args.stage}@%h"
+    app.worker_main(
+        [
+            "worker",
+            "-Q", queues,
+            "-n", name,
+            "-c", str(args.concurrency),
+            "-P", args.pool,
+            "--loglevel", args.loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def _run_campaign(spec, local: bool, results: Path, concurrency: int) -> tuple[str, list]:
+    from scheduler.campaigns import follow, launch, print_progress
+    from scheduler.embedded_redis import resolve_redis_url
+    from scheduler.local import LocalStack
+    from vars_core.engine import Engine
+    from vars_core.store import StateStore
+    from vars_core.store.connect import connect
+    from vars_core.store.redis_backend import RedisBackend
+
+    def go(url: str, stack: LocalStack | None) -> tuple[str, list]:
+        os.environ["REDIS_URL"] = url
+        from workers.app import make_app
+
+        app = make_app(url)
+        store = StateStore(RedisBackend(connect(url)))
+        plan = launch(app, Engine(), store, spec)
+        print(plan.campaign_id, flush=True)
+
+        def progress(done: int, failed: int, total: int) -> None:
+            if stack is not None:
+                stack.check_alive()
+            print_progress(done, failed, total)
+
+        records = follow(store, plan.campaign_id, results, on_progress=progress)
+        return plan.campaign_id, records
+
+    if local:
+        with LocalStack(concurrency) as stack:
+            return go(stack.redis_url, stack)
+    url, _ = resolve_redis_url(local=False)
+    return go(url, None)
+
+
+def cmd_campaign_run(args: argparse.Namespace) -> int:
+    from scheduler.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    campaign_id, records = _run_campaign(spec, args.local, Path(args.results), args.concurrency)
+    failed = sum(r.status == "failed" for r in records)
+    print(f"campaign {campaign_id}: {len(records)} sessions ({failed} failed); results in {Path(args.results) / campaign_id}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scheduler.demo import DEMO_SPEC, summary_table
+
+    started = time.monotonic()
+    campaign_id, records = _run_campaign(DEMO_SPEC, True, Path(args.results), args.concurrency)
+    elapsed = time.monotonic() - started
+    print()
+    print(summary_table(records, DEMO_SPEC.methods))
+    print(
+        f"\n{len(records)} sessions in {elapsed:.0f} s ({len(records) / elapsed * 3600:.0f} sessions/hr); "
+        f"results in {Path(args.results) / campaign_id}"
+    )
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from scheduler.local import up
+
+    url, pids = up(args.concurrency)
+    print(f"redis: {url}\nworkers: {' '.join(map(str, pids))}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from scheduler.local import down
+
+    stopped = down()
+    print(f"stopped {stopped} worker(s) and the embedded redis")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vars", description="VARS: personalized LLM assistants on queues")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="consume one stage's queues (live first)")
+    worker.add_argument("--stage", required=True, choices=STAGE_NAMES)
+    worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--gpu", default=None, help="GPU ids for CUDA_VISIBLE_DEVICES, e.g. 0 or 0,1")
+    worker.add_argument("--pool", default="threads", choices=("threads", "solo", "prefork"))
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=cmd_worker)
+
+    campaign = sub.add_parser("campaign", help="benchmark campaigns")
+    campaign_sub = campaign.add_subparsers(dest="campaign_command", required=True)
+    run = campaign_sub.add_parser("run", help="enqueue a campaign and follow it to the end")
+    run.add_argument("spec", help="campaign spec (TOML)")
+    run.add_argument("--local", action="store_true", help="start Redis (embedded unless REDIS_URL) and workers here")
+    run.add_argument("--results", default="results", help="results directory (default: ./results)")
+    run.add_argument("--concurrency", type=int, default=2, help="threads per local worker")
+    run.set_defaults(func=cmd_campaign_run)
+
+    demo = sub.add_parser("demo", help="run a small built-in campaign on the embedded default")
+    demo.add_argument("--results", default="results")
+    demo.add_argument("--concurrency", type=int, default=2)
+    demo.set_defaults(func=cmd_demo)
+
+    up_parser = sub.add_parser("up", help="start the embedded Redis and one worker per stage in the background")
+    up_parser.add_argument("--concurrency", type=int, default=2)
+    up_parser.set_defaults(func=cmd_up)
+    down_parser = sub.add_parser("down", help="stop what `vars up` started")
+    down_parser.set_defaults(func=cmd_down)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""What every stage handler gets: the engine, the store, and the session's coordinates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from vars_core.engine import Engine
+from vars_core.methods import Method, get_method
+from vars_core.rng import rng_for
+from vars_core.store import StateStore, UserScope
+from vars_core.types import Message, Profile, SessionState, SimulatorTurn
+
+
+@dataclass
+class StageContext:
+    engine: Engine
+    store: StateStore
+    session: SessionState
+    turn: int
+
+    @cached_property
+    def method(self) -> Method:
+        return get_method(self.session.method)
+
+    @cached_property
+    def user(self) -> UserScope:
+        return self.store.user(self.session.user_id)
+
+    @cached_property
+    def profile(self) -> Profile:
+        return self.store.profile(self.session.campaign_id, self.session.profile_id, Profile)
+
+    def rng(self, stage: str):
+        return rng_for(self.session.seed, self.session.session_id, self.turn, stage)
+
+    def messages(self) -> list[Message]:
+        return self.store.messages(self.session.session_id)
+
+    def simulator_turn(self, turn: int | None = None) -> SimulatorTurn | None:
+        return self.store.stage_output(
+            self.session.session_id, self.turn if turn is None else turn, "simulate", SimulatorTurn
+        )
+
+    def commit(self, stage: str, ops: list) -> bool:
+        return self.store.commit_stage(self.session.session_id, self.turn, stage, ops)
+
+    def output_op(self, stage: str, value: object):
+        return self.store.stage_output_op(self.session.session_id, self.turn, stage, value)
+
+    def card_stamp(self) -> str:
+        """A sortable creation stamp: cards are listed to all_memory in creation order."""
+        return f"{self.session.session_index:06d}.{self.turn:04d}"

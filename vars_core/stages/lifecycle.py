@@ -1,0 +1,109 @@
+"""Session start and end: the two steps around the turn loop."""
+
+from __future__ import annotations
+
+import msgspec
+
+from vars_core.reinforce import reset_session
+from vars_core.scripted.user import opening_message
+from vars_core.rng import rng_for
+from vars_core.stages.context import StageContext
+from vars_core.store import StateStore
+from vars_core.store.backend import Op
+from vars_core.types import (
+    GenerateResult,
+    JudgeResult,
+    Profile,
+    SessionRecord,
+    SessionState,
+    SimulatorTurn,
+    UpdateResult,
+)
+from vars_core.engine import Engine
+from vars_core.tokens import count_tokens
+
+START_TURN = 0
+
+
+def start_session(engine: Engine, store: StateStore, state: SessionState) -> SessionState:
+    """Decide the opening, store the session, and zero the user's short-term vector.
+
+    Idempotent: a second call for the same session id returns the stored state.
+    """
+    if store.is_committed(state.session_id, START_TURN, "start"):
+        return store.session(state.session_id)
+    profile = store.profile(state.campaign_id, state.profile_id, Profile)
+    rng = rng_for(state.seed, state.session_id, START_TURN, "start")
+    opening, probe = opening_message(profile, state.problem, rng, engine.user_params)
+    state = msgspec.structs.replace(state, opening=opening, conflict_probe=probe)
+    user = store.user(state.user_id)
+    dim = engine.config.projection_dim
+
+    def build() -> list[Op]:
+        ops = [store.put_session_op(state)]
+        if store.backend.exists(user.vector_key):
+            ops.append(user.put_vector_op(reset_session(user.vector(dim))))
+        return ops
+
+    store.transact_stage(state.session_id, START_TURN, "start", [user.vector_key], build)
+    return store.session(state.session_id)
+
+
+def session_record(ctx: StageContext) -> SessionRecord:
+    """Summarize a finished session from its committed stage outputs."""
+    session, store = ctx.session, ctx.store
+    sid = session.session_id
+    record = SessionRecord(
+        session_id=sid,
+        campaign_id=session.campaign_id,
+        user_id=session.user_id,
+        profile_id=session.profile_id,
+        method=session.method,
+        session_index=session.session_index,
+        problem_id=session.problem.problem_id,
+        domain=session.problem.domain,
+    )
+    turn = 1
+    while (sim := store.stage_output(sid, turn, "simulate", SimulatorTurn)) is not None:
+        record.user_tokens += count_tokens(sim.message)
+        record.enforcements += len(sim.enforced)
+        record.applicable_pairs += len(sim.satisfied)
+        record.satisfied_pairs += sum(sim.satisfied.values())
+        record.conflict_probes += len(sim.conflict_correct)
+        record.conflict_correct += sum(sim.conflict_correct)
+        judge = store.stage_output(sid, turn, "judge", JudgeResult)
+        if judge is not None and judge.apply:
+            record.rewards.append(judge.reward)
+        update = store.stage_output(sid, turn, "update", UpdateResult)
+        if update is not None and update.applied:
+            record.updates_applied += 1
+        if sim.terminate:
+            record.timeout = sim.timeout
+            record.success = not sim.timeout
+            break
+        generated = store.stage_output(sid, turn, "generate", GenerateResult)
+        if generated is not None:
+            record.turns += 1
+            record.agent_tokens += generated.reply.usage.completion_tokens
+        turn += 1
+    return record
+
+
+def end_session(ctx: StageContext, failure: str = "") -> SessionRecord:
+    """Commit the session's record once (and count it in its campaign); later calls
+    return the committed one. ``failure`` marks a session that could not go on."""
+    store, session = ctx.store, ctx.session
+    record = session_record(ctx)
+    if failure:
+        record.status, record.failure = "failed", failure
+    ops = [store.put_session_record_op(record)]
+    if session.campaign_id:
+        campaign = session.campaign_id
+        ops += [
+            Op("rpush", store.keys.campaign(campaign, "finished"), value=session.session_id.encode()),
+            Op("incr", store.keys.campaign(campaign, "failed" if failure else "done"), value=b"1"),
+        ]
+    store.commit_stage(session.session_id, START_TURN, "end", ops)
+    committed = store.session_record(session.session_id)
+    assert committed is not None
+    return committed

@@ -1,0 +1,32 @@
+"""Publishing the next event of a session onto its stage's queue (live or campaign)."""
+
+from __future__ import annotations
+
+import msgspec
+from celery import Celery
+
+from queues import serializer
+from queues.events import StageTask
+from queues.topology import queue_for
+
+
+def task_name(stage: str) -> str:
+    return f"vars.{stage}"
+
+
+def publish(app: Celery, event: StageTask, producer=None) -> None:
+    app.send_task(
+        task_name(event.stage),
+        args=[msgspec.to_builtins(event)],
+        queue=queue_for(event.stage, event.lane),
+        serializer=serializer.NAME,
+        producer=producer,
+    )
+
+
+def publish_many(app: Celery, events: list[StageTask], batch: int = 500) -> None:
+    """Enqueue in batches over one pooled producer connection."""
+    for start in range(0, len(events), batch):
+        with app.producer_or_acquire() as producer:
+            for event in events[start : start + batch]:
+                publish(app, event, producer=producer)

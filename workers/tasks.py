@@ -1,0 +1,124 @@
+"""One Celery task per stage. Each only decodes its event, calls ``run_stage`` (load ->
+vars_core function -> idempotent commit) and publishes the next event. Retries with
+backoff and the dead-letter path are written once, here, around every stage."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import msgspec
+from celery import Task
+
+from queues.events import StageTask
+from vars_core.campaign import next_in_lane
+from vars_core.routing import END, Step
+from vars_core.stages import run_stage
+from vars_core.stages.context import StageContext
+from vars_core.stages.lifecycle import START_TURN, end_session
+from vars_core.store import StateStore
+from vars_core.store.backend import Op
+from vars_core.types import STAGES
+from workers import runtime
+from workers.app import app
+from workers.publish import publish
+
+log = logging.getLogger("vars.worker")
+
+MAX_RETRIES = 4
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 60.0
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+
+
+def deadletter_key(store: StateStore) -> str:
+    return f"{store.keys.ns}:deadletter"
+
+
+def _already_done(store: StateStore, session_id: str, step: Step) -> bool:
+    """Was the next step already committed? Then its event was published and ran; a
+    duplicate delivery must not start a second chain of events behind it."""
+    turn = START_TURN if step.stage == END else step.turn
+    return store.is_committed(session_id, turn, step.stage)
+
+
+def advance(event: StageTask, step: Step | None) -> None:
+    """Publish what follows ``event``; at a session end, close it and start the lane's next."""
+    store = runtime.store()
+    if step is None:
+        return
+    if step.stage != END:
+        if not _already_done(store, event.session_id, step):
+            publish(app, StageTask(event.session_id, step.turn, step.stage, event.lane))
+        return
+    finish(event.session_id, event.lane)
+
+
+def finish(session_id: str, lane: str, failure: str = "") -> None:
+    store, engine = runtime.store(), runtime.engine()
+    session = store.session(session_id)
+    end_session(StageContext(engine, store, session, START_TURN), failure=failure)
+    following = next_in_lane(engine, store, session)
+    if following is not None and not store.is_committed(following.session_id, 1, "simulate"):
+        publish(app, StageTask(following.session_id, 1, "simulate", lane))
+
+
+def execute(task: Task, stage: str, payload: dict) -> None:
+    try:
+        event = msgspec.convert(payload, StageTask)
+    except msgspec.ValidationError as exc:
+        # Junk on the queue: retrying cannot help, and nothing else is lost.
+        log.error("refused malformed %s event %r: %s", stage, payload, exc)
+        _deadletter({"stage": stage, "payload": payload}, f"malformed event: {exc}")
+        return
+    if event.stage != stage:
+        _deadletter(msgspec.to_builtins(event), f"event for {event.stage!r} on the {stage!r} task")
+        return
+    store, engine = runtime.store(), runtime.engine()
+    try:
+        step = run_stage(engine, store, event.session_id, event.turn, stage)
+    except Exception as exc:
+        attempt = task.request.retries
+        if attempt < MAX_RETRIES:
+            log.warning("%s %s turn %d failed (%s), retry %d", stage, event.session_id, event.turn, exc, attempt + 1)
+            raise task.retry(exc=exc, countdown=backoff_seconds(attempt), max_retries=MAX_RETRIES) from exc
+        reason = f"{stage} failed after {attempt + 1} attempts: {type(exc).__name__}: {exc}"
+        log.error("session %s failed: %s", event.session_id, reason)
+        _deadletter(msgspec.to_builtins(event), reason)
+        finish(event.session_id, event.lane, failure=reason)
+        return
+    _record_hop(task, event)
+    advance(event, step)
+
+
+def hops_key(store: StateStore, session_id: str) -> str:
+    return store.keys.session(session_id, "hops")
+
+
+def _record_hop(task: Task, event: StageTask) -> None:
+    """Audit trail: which queue and which worker ran each stage of each turn."""
+    delivery = task.request.delivery_info or {}
+    hop = f"{event.turn}|{event.stage}|{delivery.get('routing_key', '')}|{task.request.hostname or ''}"
+    store = runtime.store()
+    store.backend.apply([Op("rpush", hops_key(store, event.session_id), value=hop.encode())])
+
+
+def _deadletter(event: dict, reason: str) -> None:
+    store = runtime.store()
+    entry = msgspec.json.encode({"event": event, "reason": reason})
+    store.backend.apply([Op("rpush", deadletter_key(store), value=entry)])
+
+
+def _make_task(stage: str) -> Task:
+    def stage_task(self: Task, payload: dict) -> None:
+        execute(self, stage, payload)
+
+    stage_task.__name__ = f"{stage}_task"
+    return app.task(name=f"vars.{stage}", bind=True, acks_late=True)(stage_task)
+
+
+STAGE_TASKS: dict[str, Task] = {stage: _make_task(stage) for stage in STAGES}
