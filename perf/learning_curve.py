@@ -111,9 +111,9 @@ DISTRACTORS: tuple[tuple[str, str], ...] = (
     ("recommending books", "include the author and year"),
 )
 
-# The step sizes the sweep below favours (twice DESIGN's starting point), shown beside the
-# defaults in the report.
-TUNED = ReinforceConfig(eta_long=0.002, eta_short=0.004)
+# The best row of the step-size sweep on both seed sets (5x DESIGN's starting point); twice
+# that already loses accuracy. Shown beside the defaults in the report.
+TUNED = ReinforceConfig(eta_long=0.005, eta_short=0.01)
 
 
 @dataclass
@@ -192,8 +192,15 @@ def accuracy(
     rng = np.random.default_rng(0)  # the greedy list draws nothing
     for pair, query in world.queries:
         trace = retrieve(
-            USER, query, world.index, world.embeddings, vector, policy, rng,
-            learning=False, projection_version=world.projection_version,
+            USER,
+            query,
+            world.index,
+            world.embeddings,
+            vector,
+            policy,
+            rng,
+            learning=False,
+            projection_version=world.projection_version,
         )
         wanted, other = _sides(world, pair, preferred)
         hits += first_of([trace.candidate_ids[i] for i in trace.chosen], wanted, other)
@@ -244,8 +251,15 @@ def run_lane(
         query = by_pair[pair][int(stream.integers(len(by_pair[pair])))]
         rounds += 1
         trace = retrieve(
-            USER, query, world.index, world.embeddings, vector if learning else None,
-            policy, rng, learning=learning, projection_version=world.projection_version,
+            USER,
+            query,
+            world.index,
+            world.embeddings,
+            vector if learning else None,
+            policy,
+            rng,
+            learning=learning,
+            projection_version=world.projection_version,
         )
         wanted, other = _sides(world, pair, preferred)
         good = first_of([trace.candidate_ids[i] for i in trace.chosen], wanted, other)
@@ -313,7 +327,9 @@ def step_sweep(
     updates: int = 200,
 ) -> list[SweepRow]:
     def final(cfg: ReinforceConfig, ss: Sequence[int]) -> float:
-        return statistics.fmean(run_lane(world, "rag_vector", s, updates, updates, cfg)[-1] for s in ss)
+        return statistics.fmean(
+            run_lane(world, "rag_vector", s, updates, updates, cfg)[-1] for s in ss
+        )
 
     rows = []
     for gradient, eta_long, eta_short in grid:
@@ -368,7 +384,9 @@ def render(
         "### Step-size sweep",
         "",
         "rag_vector accuracy after 200 updates, same world; mean over seeds 0-4 and over "
-        f"held-out seeds 5-9 (rag: {rag[0]:.3f} and {rag[1]:.3f}).",
+        f"held-out seeds 5-9 (rag: {rag[0]:.3f} and {rag[1]:.3f}; the hidden sides are drawn "
+        "per seed). eta_S matters little here: z_short is reset every session and accuracy is "
+        "read with z_short = 0, so it acts only through the lists sampled within a session.",
         "",
         "| gradient | eta_L | eta_S | seeds 0-4 | seeds 5-9 |",
         "|---|---:|---:|---:|---:|",
@@ -400,12 +418,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=20)
     args = parser.parse_args(argv)
     world = build_world()
+    defaults = ReinforceConfig()
     default = learning_curve(world, updates=args.updates, every=args.every)
     tuned = learning_curve(world, updates=args.updates, every=args.every, reinforce=TUNED)
     curves = {
         "rag": default["rag"],
-        "rag_vector (eta 0.001 / 0.002)": default["rag_vector"],
-        "rag_vector (eta 0.002 / 0.004)": tuned["rag_vector"],
+        f"rag_vector (eta {defaults.eta_long:g} / {defaults.eta_short:g})": default["rag_vector"],
+        f"rag_vector (eta {TUNED.eta_long:g} / {TUNED.eta_short:g})": tuned["rag_vector"],
     }
     sweep = step_sweep(world, updates=args.updates)
     rag = (rag_accuracy(world, range(5)), rag_accuracy(world, range(5, 10)))

@@ -126,8 +126,27 @@ def read_records(results: Path) -> list[SessionRecord]:
     return [msgspec.json.decode(line, type=SessionRecord) for line in lines if line.strip()]
 
 
-def print_progress(done: int, failed: int, total: int) -> None:
-    sys.stderr.write(f"\r{done + failed}/{total} sessions ({failed} failed)")
-    sys.stderr.flush()
-    if done + failed >= total:
-        sys.stderr.write("\n")
+class ProgressPrinter:
+    """One line on a terminal (rewritten in place), or a line per change in a log."""
+
+    def __init__(self, stream=None, min_interval_s: float = 5.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.min_interval_s = min_interval_s
+        self._last: tuple[int, int] | None = None
+        self._last_time = 0.0
+
+    def __call__(self, done: int, failed: int, total: int) -> None:
+        finished = done + failed >= total
+        if (done, failed) == self._last and not finished:
+            return
+        now = time.monotonic()
+        if not self.tty and not finished and now - self._last_time < self.min_interval_s:
+            return
+        self._last, self._last_time = (done, failed), now
+        line = f"{done + failed}/{total} sessions ({failed} failed)"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if finished else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()

@@ -41,7 +41,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _run_campaign(spec, local: bool, results: Path, concurrency: int) -> tuple[str, list]:
-    from scheduler.campaigns import follow, launch, print_progress
+    from scheduler.campaigns import ProgressPrinter, follow, launch
     from scheduler.embedded_redis import resolve_redis_url
     from scheduler.local import LocalStack
     from vars_core.engine import Engine
@@ -58,10 +58,12 @@ def _run_campaign(spec, local: bool, results: Path, concurrency: int) -> tuple[s
         plan = launch(app, Engine(), store, spec)
         print(plan.campaign_id, flush=True)
 
+        printer = ProgressPrinter()
+
         def progress(done: int, failed: int, total: int) -> None:
             if stack is not None:
                 stack.check_alive()
-            print_progress(done, failed, total)
+            printer(done, failed, total)
 
         records = follow(store, plan.campaign_id, results, on_progress=progress)
         return plan.campaign_id, records

@@ -23,9 +23,10 @@ def summary_table(records: list[SessionRecord], methods: list[str]) -> str:
     for record in records:
         by_method[record.method].append(record)
     indices = sorted({r.session_index for r in records})
-    index_cols = " ".join(f"s{i:<4}" for i in indices)
+    header = f"{'method':<12} {'sessions':>8} {'enforce/sess':>12} {'success':>8} {'compliance':>10}  "
     lines = [
-        f"{'method':<12} {'sessions':>8} {'enforce/sess':>12} {'success':>8} {'compliance':>10}   enforcements by session: {index_cols}",
+        " " * len(header) + "enforcements per session, by session index",
+        header + " ".join(f"{'s' + str(i):>5}" for i in indices),
     ]
     for method in methods:
         rows = by_method.get(method, [])
@@ -38,8 +39,8 @@ def summary_table(records: list[SessionRecord], methods: list[str]) -> str:
         per_index = []
         for i in indices:
             at = [r.enforcements for r in rows if r.session_index == i]
-            per_index.append(f"{sum(at) / len(at):<5.2f}" if at else "-    ")
+            per_index.append(f"{sum(at) / len(at):>5.2f}" if at else f"{'-':>5}")
         lines.append(
-            f"{method:<12} {n:>8} {enforcements:>12.2f} {success:>8.0%} {compliance:>10.0%}   {'':>25}{' '.join(per_index)}"
+            f"{method:<12} {n:>8} {enforcements:>12.2f} {success:>8.0%} {compliance:>10.0%}  " + " ".join(per_index)
         )
     return "\n".join(lines)

@@ -52,7 +52,9 @@ def test_without_steps_nothing_is_learned(world):
     # control: the same loop with zero step sizes must not beat rag
     frozen = ReinforceConfig(eta_long=0.0, eta_short=0.0)
     for seed in SEEDS[:2]:
-        assert run_lane(world, "rag_vector", seed, 40, 40, frozen) == run_lane(world, "rag", seed, 40, 40)
+        assert run_lane(world, "rag_vector", seed, 40, 40, frozen) == run_lane(
+            world, "rag", seed, 40, 40
+        )
 
 
 def test_first_of():

@@ -14,7 +14,6 @@ from queues.topology import queue_for
 from scheduler.campaigns import follow, launch
 from scheduler.spec import CampaignSpec
 from tests.pipeline_harness import Pipeline
-from vars_core.campaign import load_plan
 from vars_core.engine import Engine
 from vars_core.methods import get_method
 from vars_core.problems import load_problems
@@ -138,8 +137,8 @@ def test_duplicate_deliveries_change_nothing(pipeline, engine, campaign):
 def test_a_commit_without_its_publish_still_finishes_the_session(pipeline, engine):
     """A worker that dies between commit and publish: redelivery skips the side effects
     and publishes the next event, so the session is not stranded."""
-    from vars_core.campaign import first_sessions, save_plan
     from scheduler.campaigns import plan_campaign
+    from vars_core.campaign import first_sessions, save_plan
     from vars_core.stages import run_stage
 
     store = pipeline.store()

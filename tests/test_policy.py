@@ -71,7 +71,9 @@ def test_sampled_list_has_k_distinct_cards_and_is_reproducible():
     b = select("u", ids, s0, items, vec, cfg, np.random.default_rng(3), True, VERSION)
     assert a.sampled and a.chosen == b.chosen
     assert len(a.chosen) == 5 == len(set(a.chosen))
-    small = select("u", ids[:2], s0[:2], items[:2], vec, cfg, np.random.default_rng(3), True, VERSION)
+    small = select(
+        "u", ids[:2], s0[:2], items[:2], vec, cfg, np.random.default_rng(3), True, VERSION
+    )
     assert sorted(small.chosen) == [0, 1]  # k = min(list_size, n)
 
 
@@ -101,10 +103,8 @@ def test_sampling_follows_scores_not_uniform():
     ids = ["a", "b"]
     cfg = PolicyConfig(list_size=1, tau=0.1)
     rng = np.random.default_rng(0)
-    picks = [
-        select("u", ids, np.array([1.0, 0.0]), np.zeros((2, 1)), None, cfg, rng, True, "v").chosen[0]
-        for _ in range(500)
-    ]
+    s0, items = np.array([1.0, 0.0]), np.zeros((2, 1))
+    picks = [select("u", ids, s0, items, None, cfg, rng, True, "v").chosen[0] for _ in range(500)]
     assert picks.count(0) > 480  # pi_a = 1 / (1 + e^-10)
 
 
@@ -123,12 +123,42 @@ def test_vector_moves_the_ranking():
 
 
 def test_empty_candidates_give_an_empty_trace():
-    trace = select("u", [], np.zeros(0), np.zeros((0, 3)), None, PolicyConfig(), np.random.default_rng(0), True, VERSION)
+    trace = select(
+        "u",
+        [],
+        np.zeros(0),
+        np.zeros((0, 3)),
+        None,
+        PolicyConfig(),
+        np.random.default_rng(0),
+        True,
+        VERSION,
+    )
     assert trace.candidate_ids == [] and trace.chosen == [] and trace.probs == []
 
 
 def test_mismatched_shapes_are_rejected():
     with pytest.raises(ValueError):
-        select("u", ["a", "b"], np.zeros(3), np.zeros((2, 2)), None, PolicyConfig(), np.random.default_rng(0), True, VERSION)
+        select(
+            "u",
+            ["a", "b"],
+            np.zeros(3),
+            np.zeros((2, 2)),
+            None,
+            PolicyConfig(),
+            np.random.default_rng(0),
+            True,
+            VERSION,
+        )
     with pytest.raises(ValueError):
-        select("u", ["a"], np.zeros(1), np.zeros((1, 2)), _vector([0.0] * 3, [0.0] * 3), PolicyConfig(), np.random.default_rng(0), True, VERSION)
+        select(
+            "u",
+            ["a"],
+            np.zeros(1),
+            np.zeros((1, 2)),
+            _vector([0.0] * 3, [0.0] * 3),
+            PolicyConfig(),
+            np.random.default_rng(0),
+            True,
+            VERSION,
+        )

@@ -35,7 +35,9 @@ def _trace(items, pi, chosen, s0=None, tau=1.0, sampled=True, version=V) -> Retr
 
 
 def _judge(reward=-1.0, g=0.8, apply=True) -> JudgeResult:
-    return JudgeResult(label="neg_constraint_restate", confidence=g, reward=reward, apply=apply, g=g)
+    return JudgeResult(
+        label="neg_constraint_restate", confidence=g, reward=reward, apply=apply, g=g
+    )
 
 
 def _vector(z_long=(0.1, -0.2), z_short=(0.3, 0.4), baseline=0.2, version=V) -> UserVector:
@@ -116,7 +118,9 @@ def test_heuristic_update_has_no_beta():
     items = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
     trace = _trace(items, [0.5, 0.25, 0.25], [1, 0])
     cfg = ReinforceConfig(eta_long=0.01, eta_short=0.05, gradient="heuristic")
-    new, result = reinforce_update(_vector(), trace, _judge(reward=-1.0, g=0.8), cfg, PolicyConfig())
+    new, result = reinforce_update(
+        _vector(), trace, _judge(reward=-1.0, g=0.8), cfg, PolicyConfig()
+    )
     # G_h = (-0.25, 0); z_long += 0.01 * -0.96 * G_h; z_short = 0.9 z_short + 0.05 * -0.96 * G_h
     np.testing.assert_allclose(new.z_long, [0.1 + 0.0024, -0.2])
     np.testing.assert_allclose(new.z_short, [0.27 + 0.012, 0.36])
@@ -129,7 +133,9 @@ def test_positive_reward_raises_the_chosen_list():
     pi = softmax(items @ np.zeros(4))
     trace = _trace(items, pi, [2, 4])
     vec = UserVector([0.0] * 4, [0.0] * 4, projection_version=V)
-    new, _ = reinforce_update(vec, trace, _judge(reward=1.0, g=1.0), ReinforceConfig(eta_long=0.1), PolicyConfig())
+    new, _ = reinforce_update(
+        vec, trace, _judge(reward=1.0, g=1.0), ReinforceConfig(eta_long=0.1), PolicyConfig()
+    )
     z_old = np.zeros(4)
     z_new = 2.0 * np.asarray(new.z_long) + 5.0 * np.asarray(new.z_short)
     assert list_log_prob(trace, z_new) > list_log_prob(trace, z_old)
@@ -137,7 +143,9 @@ def test_positive_reward_raises_the_chosen_list():
 
 def test_fresh_vector_takes_the_trace_projection():
     trace = _trace([[1.0, 0.0], [0.0, 1.0]], [0.5, 0.5], [0])
-    new, result = reinforce_update(UserVector([], []), trace, _judge(), ReinforceConfig(), PolicyConfig())
+    new, result = reinforce_update(
+        UserVector([], []), trace, _judge(), ReinforceConfig(), PolicyConfig()
+    )
     assert result.applied and len(new.z_long) == 2 == len(new.z_short)
     assert new.projection_version == V
 
@@ -152,7 +160,12 @@ def test_fresh_vector_takes_the_trace_projection():
         (_trace([], [], []), _judge(), _vector(), "empty trace"),
         (_trace([[1.0, 0.0]], [1.0], [0], sampled=False), _judge(), _vector(), "greedy trace"),
         (_trace([[1.0, 0.0]], [1.0], [0], version="pca-v2"), _judge(), _vector(), "projection"),
-        (_trace([[1.0, 0.0]], [1.0], [0]), _judge(reward=0.2, g=1.0), _vector(baseline=0.2), "small advantage"),
+        (
+            _trace([[1.0, 0.0]], [1.0], [0]),
+            _judge(reward=0.2, g=1.0),
+            _vector(baseline=0.2),
+            "small advantage",
+        ),
         (_trace([[1.0, 0.0, 0.0]], [1.0], [0]), _judge(), _vector(), "dimension"),
     ],
 )
@@ -168,7 +181,9 @@ def test_baseline_moves_only_on_applied_updates():
     rewards = [(1.0, True), (1.0, False), (-1.0, True), (0.8, False)]
     expected = 0.0
     for reward, apply in rewards:
-        vec, result = reinforce_update(vec, trace, _judge(reward=reward, g=1.0, apply=apply), ReinforceConfig(), PolicyConfig())
+        vec, result = reinforce_update(
+            vec, trace, _judge(reward=reward, g=1.0, apply=apply), ReinforceConfig(), PolicyConfig()
+        )
         if apply:
             expected = 0.95 * expected + 0.05 * reward
         assert result.applied == apply
@@ -180,4 +195,9 @@ def test_reset_session_zeroes_only_z_short():
     vec = UserVector([0.1, 0.2], [0.3, 0.4], baseline=0.5, updates=7, projection_version=V)
     out = reset_session(vec)
     assert out.z_short == [0.0, 0.0]
-    assert (out.z_long, out.baseline, out.updates, out.projection_version) == ([0.1, 0.2], 0.5, 7, V)
+    assert (out.z_long, out.baseline, out.updates, out.projection_version) == (
+        [0.1, 0.2],
+        0.5,
+        7,
+        V,
+    )

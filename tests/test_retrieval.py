@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -34,7 +35,9 @@ def test_random_projection_has_orthonormal_rows_and_is_pinned():
         p.matrix[0, :4], [0.00672237, -0.03569898, -0.02908358, -0.04040317], atol=1e-6
     )
     np.testing.assert_allclose(
-        random_projection(8, 3, 7).matrix[0, :3], [5.32028847e-04, -3.85171950e-01, 2.60114986e-02], atol=1e-6
+        random_projection(8, 3, 7).matrix[0, :3],
+        [5.32028847e-04, -3.85171950e-01, 2.60114986e-02],
+        atol=1e-6,
     )
 
 
@@ -48,7 +51,11 @@ def test_random_projection_is_cached_and_seeded():
 
 
 def test_project_subtracts_the_mean_for_one_vector_or_a_batch():
-    p = Projection("t", np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]], dtype=np.float32), np.array([1.0, 1.0, 1.0], dtype=np.float32))
+    p = Projection(
+        "t",
+        np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0]], dtype=np.float32),
+        np.array([1.0, 1.0, 1.0], dtype=np.float32),
+    )
     np.testing.assert_allclose(p.project(np.array([3.0, 5.0, 4.0])), [2.0, 6.0])
     out = p.project(np.array([[3.0, 5.0, 4.0], [1.0, 1.0, 1.0]]))
     assert out.shape == (2, 2) and out.dtype == np.float32
@@ -121,19 +128,24 @@ def test_top_k_beyond_the_store_and_an_empty_index(store):
 def test_superseded_cards_are_not_indexed(store):
     cards, emb, _ = store
     old = cards["fmt-bullets"]
-    cards = dict(cards, **{"fmt-bullets": Card(old.card_id, old.user_id, old.condition, old.action, old.note, superseded_by="x")})
+    cards = dict(cards, **{"fmt-bullets": msgspec.structs.replace(old, superseded_by="x")})
     assert "fmt-bullets" not in active_note_embeddings(cards, emb)
 
 
 def test_base_scores_map_cosine_to_unit_interval():
-    np.testing.assert_allclose(base_scores(np.array([-1.0, 0.0, 0.5, 1.0000001])), [0.0, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(
+        base_scores(np.array([-1.0, 0.0, 0.5, 1.0000001])), [0.0, 0.5, 0.75, 1.0]
+    )
 
 
 def test_retrieve_uses_the_stored_item_vectors(store):
     cards, emb, proj = store
     # stored item vectors that are NOT the projection of the note: retrieval must not recompute
     rng = np.random.default_rng(0)
-    fake = {c: CardEmbedding(e.note, e.condition, rng.normal(size=256).tolist(), proj.version) for c, e in emb.items()}
+    fake = {
+        c: CardEmbedding(e.note, e.condition, rng.normal(size=256).tolist(), proj.version)
+        for c, e in emb.items()
+    }
     foreign = CardEmbedding(emb["sql-plan"].note, emb["sql-plan"].condition, [9.0] * 256, "pca-old")
     fake["sql-plan"] = foreign
     index = UserIndex(active_note_embeddings(cards, fake))
@@ -154,7 +166,17 @@ def test_retrieve_greedy_without_learning(store):
     cards, emb, proj = store
     index = UserIndex(active_note_embeddings(cards, emb))
     q = default_embedder().embed(["Solve this math problem: 2x - 4 = 10."])[0]
-    trace = retrieve("u1", q, index, emb, None, PolicyConfig(list_size=2), np.random.default_rng(0), False, proj.version)
+    trace = retrieve(
+        "u1",
+        q,
+        index,
+        emb,
+        None,
+        PolicyConfig(list_size=2),
+        np.random.default_rng(0),
+        False,
+        proj.version,
+    )
     assert not trace.sampled and trace.chosen == [0, 1]
     assert trace.candidate_ids[0] == "math-steps"
 

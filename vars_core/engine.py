@@ -49,6 +49,6 @@ class Engine:
 
     @cached_property
     def problem_bank(self):  # -> ProblemBank; imported lazily: it reads the shipped data
-        from vars_core.problems import ProblemBank, load_problems, known_domains
+        from vars_core.problems import ProblemBank, known_domains, load_problems
 
         return ProblemBank(load_problems(known_domains()))

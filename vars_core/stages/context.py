@@ -12,6 +12,12 @@ from vars_core.store import StateStore, UserScope
 from vars_core.types import Message, Profile, SessionState, SimulatorTurn
 
 
+def world_key(session: SessionState) -> str:
+    if session.campaign_id:
+        return f"{session.campaign_id}|{session.profile_id}|{session.session_index}"
+    return session.session_id
+
+
 @dataclass
 class StageContext:
     engine: Engine
@@ -32,7 +38,11 @@ class StageContext:
         return self.store.profile(self.session.campaign_id, self.session.profile_id, Profile)
 
     def rng(self, stage: str):
-        return rng_for(self.session.seed, self.session.session_id, self.turn, stage)
+        """The simulated world (user and agent) draws the same numbers for every method
+        of a profile's session (common random numbers: method comparisons are paired);
+        the policy's own sampling is keyed by the session itself."""
+        key = self.session.session_id if stage == "retrieve" else world_key(self.session)
+        return rng_for(self.session.seed, key, self.turn, stage)
 
     def messages(self) -> list[Message]:
         return self.store.messages(self.session.session_id)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import msgspec
 
+from vars_core.engine import Engine
 from vars_core.reinforce import reset_session
-from vars_core.scripted.user import opening_message
 from vars_core.rng import rng_for
-from vars_core.stages.context import StageContext
+from vars_core.scripted.user import opening_message
+from vars_core.stages.context import StageContext, world_key
 from vars_core.store import StateStore
 from vars_core.store.backend import Op
+from vars_core.tokens import count_tokens
 from vars_core.types import (
     GenerateResult,
     JudgeResult,
@@ -19,8 +21,6 @@ from vars_core.types import (
     SimulatorTurn,
     UpdateResult,
 )
-from vars_core.engine import Engine
-from vars_core.tokens import count_tokens
 
 START_TURN = 0
 
@@ -33,7 +33,7 @@ def start_session(engine: Engine, store: StateStore, state: SessionState) -> Ses
     if store.is_committed(state.session_id, START_TURN, "start"):
         return store.session(state.session_id)
     profile = store.profile(state.campaign_id, state.profile_id, Profile)
-    rng = rng_for(state.seed, state.session_id, START_TURN, "start")
+    rng = rng_for(state.seed, world_key(state), START_TURN, "start")
     opening, probe = opening_message(profile, state.problem, rng, engine.user_params)
     state = msgspec.structs.replace(state, opening=opening, conflict_probe=probe)
     user = store.user(state.user_id)

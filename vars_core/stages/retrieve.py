@@ -5,14 +5,11 @@ keys; the next turn's update reads exactly these values."""
 
 from __future__ import annotations
 
-import numpy as np
-
-from vars_core.policy import select
-from vars_core.retrieval import base_scores, dense_candidates
+from vars_core.retrieval import active_note_embeddings, retrieve
 from vars_core.stages.context import StageContext
 from vars_core.store.backend import Op
 from vars_core.store.state import encode
-from vars_core.types import RetrieveResult, UserVector
+from vars_core.types import RetrieveResult
 
 
 def retrieval_query(opening: str, latest: str) -> str:
@@ -26,31 +23,18 @@ def handle(ctx: StageContext) -> None:
     latest = ctx.simulator_turn()
     query = retrieval_query(session.opening, latest.message if latest else "")
     cards = user.cards()
-    embeddings = user.embeddings()
-    active = {cid: embeddings[cid] for cid in cards if cid in embeddings}
+    embeddings = {cid: e for cid, e in user.embeddings().items() if cid in cards}
     index = engine.index_cache.get(
-        user.user_id,
-        user.version(),
-        lambda: {cid: np.asarray(e.note, dtype=np.float32) for cid, e in active.items()},
-    )
-    query_embedding = engine.embedder.embed([query])[0]
-    candidate_ids, cosines = dense_candidates(index, query_embedding, cfg.policy.top_k_dense)
-    candidate_ids = [cid for cid in candidate_ids if cid in active]  # a card deleted since
-    cosines = cosines[: len(candidate_ids)]
-    items = np.asarray([active[cid].item for cid in candidate_ids], dtype=np.float32).reshape(
-        len(candidate_ids), cfg.projection_dim
+        user.user_id, user.version(), lambda: active_note_embeddings(cards, embeddings)
     )
     projection_version = engine.projection.version
-    if ctx.method.uses_vector:
-        vector = user.vector(cfg.projection_dim, projection_version)
-    else:  # rag: the policy sees no user vector
-        zeros = [0.0] * cfg.projection_dim
-        vector = UserVector(z_long=zeros, z_short=zeros, projection_version=projection_version)
-    trace = select(
+    # rag: the policy sees no user vector (and so samples nothing: greedy top-k).
+    vector = user.vector(cfg.projection_dim, projection_version) if ctx.method.uses_vector else None
+    trace = retrieve(
         user.user_id,
-        candidate_ids,
-        base_scores(cosines),
-        items,
+        engine.embedder.embed([query])[0],
+        index,
+        embeddings,
         vector,
         cfg.policy,
         ctx.rng("retrieve"),

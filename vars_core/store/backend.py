@@ -95,6 +95,7 @@ class MemoryBackend:
         with self._lock:
             if marker is not None and marker in self._data:
                 return False
+            self._check(ops)  # all or nothing: refuse the batch before writing any of it
             for op in ops:
                 self._apply_one(op)
             if marker is not None:
@@ -106,9 +107,29 @@ class MemoryBackend:
         # The lock is re-entrant and held across build, so nothing can interleave.
         with self._lock:
             ops, result = build()
+            self._check(ops)
             for op in ops:
                 self._apply_one(op)
             return result
+
+    _KIND_TYPE = {"set": bytes, "incr": bytes, "rpush": list, "hset": dict, "hdel": dict}
+
+    def _check(self, ops: list[Op]) -> None:
+        """Raise before any write if an op meets a key of the wrong type (as Redis would)."""
+        types: dict[str, type | None] = {}
+        for op in ops:
+            current = types.get(op.key, type(self._data[op.key]) if op.key in self._data else None)
+            if op.kind == "del":
+                types[op.key] = None
+                continue
+            wanted = self._KIND_TYPE[op.kind]
+            if current is not None and current is not wanted:
+                raise TypeError(f"{op.kind} on key {op.key!r}, which holds a {current.__name__}")
+            if op.kind == "incr" and current is bytes and op.key not in types:
+                value = self._data[op.key]
+                if not isinstance(value, bytes) or not value.lstrip(b"-").isdigit():
+                    raise TypeError(f"incr on key {op.key!r}, which is not an integer")
+            types[op.key] = wanted if op.kind != "hdel" else current
 
     def _bump(self, key: str) -> None:
         self._writes[key] = self._writes.get(key, 0) + 1
