@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from perf import markdown
 from vars_core.config import PolicyConfig, ReinforceConfig
 from vars_core.embedder import Embedder, default_embedder
 from vars_core.notes import format_note
@@ -401,14 +402,7 @@ def render(
 
 def write_section(path: Path, section: str) -> None:
     """Replace this report's section of ``path`` (between its markers), or append it."""
-    text = path.read_text() if path.exists() else "# Results\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    markdown.write_section(path, section, START, END)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

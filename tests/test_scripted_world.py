@@ -25,6 +25,7 @@ from vars_core.scripted.catalog import (
 )
 from vars_core.scripted.context import ANY, CUES, DOMAINS, context_of, request_header
 from vars_core.scripted.profiles import (
+    DEFAULT_PREFS_PER_PROFILE,
     TIE_BREAK,
     applicable_preferences,
     generate_profiles,
@@ -194,10 +195,11 @@ def test_context_features():
 
 
 def test_profiles_are_deterministic_and_mark_one_winner():
-    a, b = generate_profiles(40, seed=3), generate_profiles(40, seed=3)
+    a, b = generate_profiles(40, seed=3, prefs_per_profile=None), generate_profiles(40, seed=3, prefs_per_profile=None)
     assert a == b
-    assert generate_profiles(5, seed=3) == a[:5]
-    assert generate_profiles(40, seed=4) != a
+    assert generate_profiles(5, seed=3, prefs_per_profile=None) == a[:5]
+    assert generate_profiles(40, seed=4, prefs_per_profile=None) != a
+    assert all(len(p.preferences) == DEFAULT_PREFS_PER_PROFILE for p in generate_profiles(3, seed=3))
     kinds = set()
     for profile in a:
         assert len(profile.preferences) == len(catalog())

@@ -35,7 +35,15 @@ _TRAITS = (
 )
 
 
-def generate_profiles(n: int, seed: int, prefs_per_profile: int | None = None) -> list[Profile]:
+# Preferences per generated profile. With the whole catalog, about six preferences apply
+# to a typical request, more than the k = 5 cards a retrieval method may put in a prompt;
+# twelve gives about three, the regime the benchmark is meant to probe.
+DEFAULT_PREFS_PER_PROFILE = 12
+
+
+def generate_profiles(
+    n: int, seed: int, prefs_per_profile: int | None = DEFAULT_PREFS_PER_PROFILE
+) -> list[Profile]:
     """``n`` profiles, deterministic for ``seed``; profile i does not depend on ``n``.
 
     Each holds ``prefs_per_profile`` catalog preferences (all of them when None or when
