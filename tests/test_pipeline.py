@@ -112,26 +112,49 @@ def test_pipeline_reproduces_the_in_process_runner(pipeline, campaign, engine):
     assert queued.user(learner).vector(256).updates > 0
 
 
+def _longest_session(store: StateStore, plan, method: str) -> str:
+    ids = [f"{lane_user_id(plan.campaign_id, method, p)}:s{i}" for p in plan.profile_ids for i in range(1, plan.sessions + 1)]
+    return max(ids, key=lambda sid: store.session_record(sid).turns)
+
+
 def test_duplicate_deliveries_change_nothing(pipeline, engine, campaign):
     plan, _, _ = campaign
     store = pipeline.store()
     app = pipeline.app()
-    session_id = f"{lane_user_id(plan.campaign_id, 'rag_vector', plan.profile_ids[0])}:s2"
+    session_id = _longest_session(store, plan, "rag_vector")
+    assert store.session_record(session_id).turns >= 2
     user = store.user(store.session(session_id).user_id)
-    before_messages = _transcript(store, session_id)
-    before_vector = user.vector(256)
-    before_cards = user.cards(include_superseded=True)
+    before = (_transcript(store, session_id), user.vector(256), user.cards(include_superseded=True))
     before_hops = store.backend.llen(hops_key(store, session_id))
-    duplicates = [StageTask(session_id, t, s, "campaign") for t, s in ((2, "simulate"), (2, "judge"), (2, "update"), (2, "extract"), (2, "generate"))]
+    # Every stage that ran at turn 2, delivered again.
+    duplicates = [
+        StageTask(session_id, 2, s, "campaign")
+        for s in ("simulate", "judge", "update", "extract", "retrieve", "generate")
+        if store.is_committed(session_id, 2, s)
+    ]
+    assert len(duplicates) >= 3
     for event in duplicates:
         publish(app, event)
-    pipeline.wait_for(
-        lambda: store.backend.llen(hops_key(store, session_id)) >= before_hops + len(duplicates) and pipeline.queues_empty(),
-        what="duplicate deliveries to be consumed",
-    )
-    assert _transcript(store, session_id) == before_messages
-    assert user.vector(256) == before_vector
-    assert user.cards(include_superseded=True) == before_cards
+    pipeline.wait_for(pipeline.queues_empty, what="duplicate deliveries to be consumed")
+    time.sleep(1.0)
+    assert (_transcript(store, session_id), user.vector(256), user.cards(include_superseded=True)) == before
+    # A late duplicate of a finished session is consumed and does nothing at all.
+    assert store.backend.llen(hops_key(store, session_id)) == before_hops + len(duplicates)
+
+
+def test_an_event_off_the_route_is_refused_without_harm(pipeline, engine, campaign):
+    from workers.tasks import deadletter_key
+
+    plan, _, _ = campaign
+    store = pipeline.store()
+    session_id = f"{lane_user_id(plan.campaign_id, 'vanilla', plan.profile_ids[0])}:s1"
+    before = _transcript(store, session_id)
+    dead_before = store.backend.llen(deadletter_key(store))
+    # Vanilla never retrieves; and a session that does not exist.
+    publish(pipeline.app(), StageTask(session_id, 1, "retrieve", "campaign"))
+    publish(pipeline.app(), StageTask("no-such-session", 1, "judge", "campaign"))
+    pipeline.wait_for(lambda: store.backend.llen(deadletter_key(store)) >= dead_before + 1, what="dead letters")
+    assert _transcript(store, session_id) == before
 
 
 def test_a_commit_without_its_publish_still_finishes_the_session(pipeline, engine):

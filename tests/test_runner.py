@@ -11,8 +11,8 @@ from vars_core.problems import load_problems
 from vars_core.runner import lane_user_id, run_lane
 from vars_core.scripted.profiles import generate_profiles
 from vars_core.store import StateStore
-from vars_core.types import GenerateResult, RetrievalTrace, SimulatorTurn
 from vars_core.store.state import decode
+from vars_core.types import GenerateResult, RetrievalTrace, SimulatorTurn
 
 SESSIONS = 4
 
@@ -66,7 +66,7 @@ def test_enforcements_are_stated_as_notes_and_become_cards(world):
     stated = {
         pair
         for m in store.messages(first.session_id)
-        if m.role == "user"
+        if m.role == "user" and m.turn > 1  # enforcements, not the pasted problem text
         for pair in parse_notes(m.content)
     }
     assert stated, "the simulated user restated no preference in the first session"
@@ -133,3 +133,15 @@ def test_same_seed_same_transcripts(world):
         assert [m.content for m in other.messages(record.session_id)] == [
             m.content for m in store.messages(record.session_id)
         ]
+
+
+@pytest.mark.parametrize("method", ["all_memory", "rag_vector"])
+def test_another_campaign_with_the_same_seed_gives_the_same_sessions(world, method):
+    engine, store, profile, lanes = world
+    other = StateStore()
+    again = run_lane(engine, other, "another-id", profile, method, 2, load_problems(["math-500", "logiqa", "mmlu"]), 3, 8)
+    for first, second in zip(lanes[method][:2], again, strict=True):
+        assert [m.content for m in store.messages(first.session_id)] == [
+            m.content for m in other.messages(second.session_id)
+        ]
+        assert (first.enforcements, first.turns, first.success) == (second.enforcements, second.turns, second.success)

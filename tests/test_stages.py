@@ -69,3 +69,17 @@ def test_unknown_stage_is_a_clear_error(engine):
     state = _session(store, engine, 1, "What is 2 + 2?")
     with pytest.raises(ValueError, match="unknown stage 'summarize'"):
         run_stage(engine, store, state.session_id, 1, "summarize")
+
+
+def test_a_stage_off_the_route_is_refused_and_changes_nothing(engine):
+    from vars_core.stages import StrayEvent
+
+    store = StateStore()
+    state = _session(store, engine, 1, "What is 2 + 2?", method="rag")
+    run_stage(engine, store, state.session_id, 1, "simulate")
+    with pytest.raises(StrayEvent, match="judge at turn 1"):
+        run_stage(engine, store, state.session_id, 1, "judge")  # no previous turn to judge
+    with pytest.raises(StrayEvent, match="simulate at turn 3"):
+        run_stage(engine, store, state.session_id, 3, "simulate")  # turn 2 never happened
+    assert len(store.messages(state.session_id)) == 1
+    assert not store.is_committed(state.session_id, 1, "judge")

@@ -38,7 +38,7 @@ def new_session(
 ) -> SessionState:
     user_id = lane_user_id(campaign_id, method, profile.profile_id)
     # The problem depends on the profile and index, not the method: methods face the same work.
-    problem = pick_problem(problems, seed, f"{campaign_id}:{profile.profile_id}", session_index)
+    problem = pick_problem(problems, seed, profile.profile_id, session_index)
     return SessionState(
         session_id=session_id_for(user_id, session_index),
         user_id=user_id,

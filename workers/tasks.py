@@ -13,7 +13,7 @@ from celery import Task
 from queues.events import StageTask
 from vars_core.campaign import next_in_lane
 from vars_core.routing import END, Step
-from vars_core.stages import run_stage
+from vars_core.stages import StrayEvent, run_stage
 from vars_core.stages.context import StageContext
 from vars_core.stages.lifecycle import START_TURN, end_session
 from vars_core.store import StateStore
@@ -81,6 +81,12 @@ def execute(task: Task, stage: str, payload: dict) -> None:
     store, engine = runtime.store(), runtime.engine()
     try:
         step = run_stage(engine, store, event.session_id, event.turn, stage)
+    except (StrayEvent, KeyError) as exc:
+        # Off-route or for an unknown session: retrying cannot help, and the session (if
+        # any) is left as it is.
+        log.error("refused %s event %r: %s", stage, msgspec.to_builtins(event), exc)
+        _deadletter(msgspec.to_builtins(event), f"refused: {exc}")
+        return
     except Exception as exc:
         attempt = task.request.retries
         if attempt < MAX_RETRIES:
@@ -89,7 +95,10 @@ def execute(task: Task, stage: str, payload: dict) -> None:
         reason = f"{stage} failed after {attempt + 1} attempts: {type(exc).__name__}: {exc}"
         log.error("session %s failed: %s", event.session_id, reason)
         _deadletter(msgspec.to_builtins(event), reason)
-        finish(event.session_id, event.lane, failure=reason)
+        try:
+            finish(event.session_id, event.lane, failure=reason)
+        except Exception:  # e.g. the session itself is unreadable: the dead letter says why
+            log.exception("could not close failed session %s", event.session_id)
         return
     _record_hop(task, event)
     advance(event, step)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vars_core.engine import Engine
-from vars_core.routing import END, Step, next_step
+from vars_core.routing import END, Step, next_step, turn_stages
 from vars_core.stages import extract, generate, judge, retrieve, simulate, update
 from vars_core.stages.context import StageContext
 from vars_core.stages.lifecycle import START_TURN, end_session, start_session
@@ -27,21 +27,39 @@ HANDLERS: dict[str, Callable[[StageContext], None]] = {
 }
 
 
+class StrayEvent(ValueError):
+    """An event for a stage that is not on its session's route (a bug or a forged message).
+    Retrying cannot help; it is refused without touching the session."""
+
+
 def run_stage(engine: Engine, store: StateStore, session_id: str, turn: int, stage: str) -> Step | None:
-    """Run one stage of one session turn (or the session end); return the next step."""
+    """Run one stage of one session turn (or the session end); return the next step,
+    or None when the session is over."""
     session = store.session(session_id)
     ctx = StageContext(engine, store, session, turn)
     if stage == END:
         end_session(ctx)
         return None
-    try:
-        handler = HANDLERS[stage]
-    except KeyError:
-        raise ValueError(f"unknown stage {stage!r}") from None
+    if stage not in HANDLERS:
+        raise StrayEvent(f"unknown stage {stage!r}")
+    if store.is_committed(session_id, START_TURN, "end"):
+        return None  # a late duplicate of a finished session: nothing to do, nothing to publish
     if not store.is_committed(session_id, turn, stage):
-        handler(ctx)
+        _check_on_route(ctx, stage)
+        HANDLERS[stage](ctx)
     sim = ctx.simulator_turn()
     return next_step(ctx.method, stage, turn, terminated=bool(sim and sim.terminate))
 
 
-__all__ = ["END", "HANDLERS", "START_TURN", "Step", "run_stage", "start_session"]
+def _check_on_route(ctx: StageContext, stage: str) -> None:
+    sid, turn = ctx.session.session_id, ctx.turn
+    if stage == "simulate":
+        ready = turn == 1 or ctx.store.is_committed(sid, turn - 1, "generate")
+    else:
+        sim = ctx.simulator_turn()
+        ready = sim is not None and stage in turn_stages(ctx.method, turn, sim.terminate)
+    if not ready:
+        raise StrayEvent(f"{stage} at turn {turn} is not on the route of session {sid!r}")
+
+
+__all__ = ["END", "HANDLERS", "START_TURN", "Step", "StrayEvent", "run_stage", "start_session"]

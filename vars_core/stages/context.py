@@ -13,8 +13,16 @@ from vars_core.types import Message, Profile, SessionState, SimulatorTurn
 
 
 def world_key(session: SessionState) -> str:
+    """Randomness of the simulated world: the same for every method of a profile's session,
+    and for every campaign run with the same seed (the campaign id is not part of it)."""
     if session.campaign_id:
-        return f"{session.campaign_id}|{session.profile_id}|{session.session_index}"
+        return f"{session.profile_id}|{session.session_index}"
+    return session.session_id
+
+
+def policy_key(session: SessionState) -> str:
+    if session.campaign_id:
+        return f"{session.method}|{session.profile_id}|{session.session_index}"
     return session.session_id
 
 
@@ -41,7 +49,7 @@ class StageContext:
         """The simulated world (user and agent) draws the same numbers for every method
         of a profile's session (common random numbers: method comparisons are paired);
         the policy's own sampling is keyed by the session itself."""
-        key = self.session.session_id if stage == "retrieve" else world_key(self.session)
+        key = policy_key(self.session) if stage == "retrieve" else world_key(self.session)
         return rng_for(self.session.seed, key, self.turn, stage)
 
     def messages(self) -> list[Message]:

@@ -11,7 +11,9 @@ from vars_core.types import AgentReply, Card, GenerateResult, Message, RetrieveR
 def method_notes(ctx: StageContext) -> list[str]:
     memory = ctx.method.memory
     if memory == "all":
-        cards: list[Card] = sorted(ctx.user.cards().values(), key=lambda c: (c.created_at, c.card_id))
+        # Creation order; the note (not the id, which embeds the user id) breaks ties, so
+        # the order does not depend on the campaign's id.
+        cards: list[Card] = sorted(ctx.user.cards().values(), key=lambda c: (c.created_at, c.note))
         return [card.note for card in cards]
     if memory == "retrieved":
         result = ctx.store.stage_output(ctx.session.session_id, ctx.turn, "retrieve", RetrieveResult)
