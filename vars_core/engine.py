@@ -1,20 +1,51 @@
-"""The process-wide resources that stage handlers use: models, projection, caches, settings.
+"""The process-wide resources that stage handlers use: models, backends, projection, caches.
 
-One Engine per process. Models load lazily on first use, so a worker for a stage that
-never embeds never loads the embedder.
+One Engine per process, built from an EngineConfig. Every backend is made lazily on first
+use, so a worker for a stage that never embeds never loads the embedder, and a campaign
+on the scripted world never opens an HTTP client.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from functools import cached_property
+from typing import Any
 
-from vars_core.config import EngineConfig
+from vars_core.config import EngineConfig, LLMConfig
 from vars_core.embedder import Embedder, default_embedder
+from vars_core.extractor import rule_extract
+from vars_core.judge import keyword_judge
 from vars_core.projection import Projection, random_projection
 from vars_core.retrieval import IndexCache
 from vars_core.scripted.agent import ScriptedAgentParams
 from vars_core.scripted.user import ScriptedUserParams
+from vars_core.types import ExtractedPreference, JudgeResult, Message
+
+JudgeFn = Callable[[str, str, str], JudgeResult]
+ExtractFn = Callable[[list[Message]], list[ExtractedPreference]]
+
+
+def make_role_llm(cfg: LLMConfig, role: str) -> Any:
+    """An OpenAI-compatible client for one role (agent, judge, extractor, simulator)."""
+    from vars_core.llm.registry import make_llm
+
+    if cfg.kind == "scripted":
+        return make_llm("scripted")
+    if not cfg.base_url:
+        raise ValueError(f"{role}: an openai backend needs base_url")
+    api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    return make_llm(
+        "openai",
+        base_url=cfg.base_url,
+        model=cfg.model,
+        api_key=api_key,
+        max_concurrency=cfg.max_concurrency,
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+        name=role,
+    )
 
 
 class Engine:
@@ -32,15 +63,41 @@ class Engine:
         self.index_cache = IndexCache()
         self._lock = threading.Lock()
 
+    # models ---------------------------------------------------------------------
     @property
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                self._embedder = default_embedder()
+                self._embedder = self._make_embedder()
             return self._embedder
+
+    def _make_embedder(self) -> Embedder:
+        cfg = self.config.embedder
+        if cfg.kind == "minilm":
+            return default_embedder()
+        from vars_core.embedder import make_embedder
+
+        return make_embedder(
+            cfg.kind,
+            **{k: v for k, v in msgspec_to_dict(cfg).items() if k != "kind" and v not in ("", None)},
+        )
+
+    @cached_property
+    def reranker(self) -> Any:
+        cfg = self.config.reranker
+        if cfg.kind == "none":
+            return None
+        from vars_core.rerankers import make_reranker
+
+        options = {k: v for k, v in msgspec_to_dict(cfg).items() if k != "kind" and v not in ("", None)}
+        return make_reranker(cfg.kind, **options)
 
     @cached_property
     def projection(self) -> Projection:
+        if self.config.projection == "pca":
+            from vars_core.projection import load_projection
+
+            return load_projection("pca")
         return random_projection(
             input_dim=self.embedder.dim,
             dim=self.config.projection_dim,
@@ -52,3 +109,36 @@ class Engine:
         from vars_core.problems import ProblemBank, known_domains, load_problems
 
         return ProblemBank(load_problems(known_domains()))
+
+    # roles ----------------------------------------------------------------------
+    @property
+    def agent_is_scripted(self) -> bool:
+        return self.config.agent.kind == "scripted"
+
+    @cached_property
+    def agent_llm(self) -> Any:
+        return make_role_llm(self.config.agent, "agent")
+
+    @cached_property
+    def judge(self) -> JudgeFn:
+        if self.config.judge == "keyword":
+            return keyword_judge
+        from vars_core.llm_judge import LLMJudge
+
+        return LLMJudge(make_role_llm(self.config.judge_llm, "judge")).judge
+
+    @cached_property
+    def extract(self) -> ExtractFn:
+        if self.config.extractor == "rules":
+            return lambda messages: rule_extract(messages, window=1)
+        from vars_core.llm_extractor import LLMExtractor
+
+        return LLMExtractor(
+            make_role_llm(self.config.extractor_llm, "extractor"), window=self.config.extractor_window
+        ).extract
+
+
+def msgspec_to_dict(value: Any) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.structs.asdict(value)

@@ -19,7 +19,7 @@ PREFERENCES_HEADER = "User preferences:"
 class Method(msgspec.Struct, frozen=True):
     name: str
     stages: tuple[str, ...]  # stages after simulate, in order, for every turn
-    memory: Literal["none", "all", "retrieved"]
+    memory: Literal["none", "history", "reflection", "all", "retrieved"]
     uses_vector: bool  # retrieval adds the learned user vector and samples (learning on)
 
 
@@ -27,6 +27,8 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("vanilla", ("generate",), memory="none", uses_vector=False),
+        Method("contextual", ("generate",), memory="history", uses_vector=False),
+        Method("reflection", ("generate",), memory="reflection", uses_vector=False),
         Method("all_memory", ("extract", "generate"), memory="all", uses_vector=False),
         Method("rag", ("extract", "retrieve", "generate"), memory="retrieved", uses_vector=False),
         Method(
@@ -53,6 +55,13 @@ def system_prompt(notes: list[str]) -> str:
     return f"{SYSTEM_PROMPT}\n\n{PREFERENCES_HEADER}\n{lines}"
 
 
-def build_prompt(notes: list[str], history: list[Message]) -> list[Message]:
-    """System prompt with the method's notes (in the order given), then the conversation."""
-    return [Message("system", system_prompt(notes)), *history]
+EARLIER_HEADER = "Earlier conversations with this user:"
+
+
+def build_prompt(notes: list[str], history: list[Message], earlier: str = "") -> list[Message]:
+    """System prompt with the method's notes (in the order given) and, for contextual, the
+    user's earlier conversations; then this session's conversation."""
+    system = system_prompt(notes)
+    if earlier:
+        system = f"{system}\n\n{EARLIER_HEADER}\n{earlier}"
+    return [Message("system", system), *history]

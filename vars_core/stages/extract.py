@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from vars_core.extractor import rule_extract
 from vars_core.memory import merge_ops, plan_merge
 from vars_core.stages.context import StageContext
 from vars_core.types import ExtractResult
 
-EXTRACT_WINDOW = 1  # user messages read per turn; earlier ones were extracted at their turn
-
 
 def handle(ctx: StageContext) -> None:
     sid = ctx.session.session_id
-    extracted = rule_extract(ctx.messages(), window=EXTRACT_WINDOW)
+    extracted = ctx.engine.extract(ctx.messages())
     engine = ctx.engine
     user = ctx.user
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from vars_core.judge import keyword_judge
 from vars_core.stages.context import StageContext
 
 
@@ -11,7 +10,7 @@ def handle(ctx: StageContext) -> None:
     prev_query = _last(messages, "user", ctx.turn - 1)
     prev_answer = _last(messages, "assistant", ctx.turn - 1)
     query = _last(messages, "user", ctx.turn)
-    result = keyword_judge(prev_query, prev_answer, query)
+    result = ctx.engine.judge(prev_query, prev_answer, query)
     ctx.commit("judge", [ctx.output_op("judge", result)])
 
 

@@ -8,13 +8,16 @@ from vars_core.engine import Engine
 from vars_core.reinforce import reset_session
 from vars_core.rng import rng_for
 from vars_core.scripted.user import opening_message
+from vars_core.session_memory import history_tokens, reflect, summarize
 from vars_core.stages.context import StageContext, world_key
 from vars_core.store import StateStore
 from vars_core.store.backend import Op
+from vars_core.store.state import encode
 from vars_core.tokens import count_tokens
 from vars_core.types import (
     GenerateResult,
     JudgeResult,
+    Message,
     Profile,
     SessionRecord,
     SessionState,
@@ -89,21 +92,46 @@ def session_record(ctx: StageContext) -> SessionRecord:
     return record
 
 
+def carry_over_ops(ctx: StageContext) -> list[Op]:
+    """What contextual and reflection keep from this session for the next ones."""
+    memory, user = ctx.method.memory, ctx.user
+    messages = ctx.messages()
+    llm = None if ctx.engine.agent_is_scripted else ctx.engine.agent_llm
+    if memory == "reflection":
+        notes = reflect(user.reflection(), messages, llm)
+        return [Op("set", user.reflection_key, value=encode(notes))]
+    if memory != "history":
+        return []
+    history = user.history() + list(messages)
+    if history_tokens(history) <= ctx.engine.config.context_budget_tokens:
+        return [Op("rpush", user.history_key, value=encode(m)) for m in messages]
+    earlier = user.summary()
+    prior = [Message("system", earlier)] if earlier else []
+    summary = summarize(prior + history, llm)
+    return [Op("del", user.history_key), Op("set", user.summary_key, value=summary.encode())]
+
+
 def end_session(ctx: StageContext, failure: str = "") -> SessionRecord:
-    """Commit the session's record once (and count it in its campaign); later calls
-    return the committed one. ``failure`` marks a session that could not go on."""
-    store, session = ctx.store, ctx.session
+    """Commit the session's record once (and count it in its campaign, and carry its
+    memory over for contextual and reflection); later calls return the committed one.
+    ``failure`` marks a session that could not go on."""
+    store, session, user = ctx.store, ctx.session, ctx.user
     record = session_record(ctx)
     if failure:
         record.status, record.failure = "failed", failure
-    ops = [store.put_session_record_op(record)]
-    if session.campaign_id:
-        campaign = session.campaign_id
-        ops += [
-            Op("rpush", store.keys.campaign(campaign, "finished"), value=session.session_id.encode()),
-            Op("incr", store.keys.campaign(campaign, "failed" if failure else "done"), value=b"1"),
-        ]
-    store.commit_stage(session.session_id, START_TURN, "end", ops)
+
+    def build() -> list[Op]:
+        ops = [store.put_session_record_op(record), *carry_over_ops(ctx)]
+        if session.campaign_id:
+            campaign = session.campaign_id
+            ops += [
+                Op("rpush", store.keys.campaign(campaign, "finished"), value=session.session_id.encode()),
+                Op("incr", store.keys.campaign(campaign, "failed" if failure else "done"), value=b"1"),
+            ]
+        return ops
+
+    watch = [user.history_key, user.summary_key, user.reflection_key]
+    store.transact_stage(session.session_id, START_TURN, "end", watch, build)
     committed = store.session_record(session.session_id)
     assert committed is not None
     return committed

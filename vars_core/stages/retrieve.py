@@ -40,6 +40,7 @@ def handle(ctx: StageContext) -> None:
         ctx.rng("retrieve"),
         learning=ctx.method.uses_vector,
         projection_version=projection_version,
+        rerank=engine.reranker,
     )
     chosen_ids = [trace.candidate_ids[i] for i in trace.chosen]
     result = RetrieveResult(chosen_ids, [cards[cid].note for cid in chosen_ids])

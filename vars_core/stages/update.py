@@ -6,6 +6,7 @@ from __future__ import annotations
 from vars_core.reinforce import reinforce_update
 from vars_core.stages.context import StageContext
 from vars_core.store.state import decode
+from vars_core.tenant import tenant_key, tenant_mean_ops, tenant_of
 from vars_core.types import JudgeResult, RetrievalTrace, UpdateResult
 
 
@@ -25,6 +26,13 @@ def handle(ctx: StageContext) -> None:
         ops = [ctx.output_op("update", result)]
         if result.applied:
             ops.append(ctx.user.put_vector_op(new_vector))
+            if keeps_tenant_mean:
+                ops += tenant_mean_ops(ctx.store, ctx.user.user_id, vector, new_vector)
         return ops
 
-    ctx.store.transact_stage(sid, ctx.turn, "update", [ctx.user.vector_key], build)
+    # Live users feed their tenant's cold-start mean; campaign lanes never do.
+    keeps_tenant_mean = ctx.session.lane == "live" and cfg.cold_start == "tenant_mean"
+    watch = [ctx.user.vector_key]
+    if keeps_tenant_mean:
+        watch.append(tenant_key(ctx.store, tenant_of(ctx.user.user_id)))
+    ctx.store.transact_stage(sid, ctx.turn, "update", watch, build)

@@ -102,6 +102,31 @@ class UserScope:
     def trace_key(self, session_id: str, turn: int) -> str:
         return self._k.user(self.user_id, f"trace:{session_id}:{turn}")
 
+    @property
+    def history_key(self) -> str:
+        """contextual: earlier sessions' messages (a list)."""
+        return self._k.user(self.user_id, "history")
+
+    @property
+    def summary_key(self) -> str:
+        """contextual: the summary of history that went over the budget."""
+        return self._k.user(self.user_id, "summary")
+
+    @property
+    def reflection_key(self) -> str:
+        """reflection: the agent's notes about the user."""
+        return self._k.user(self.user_id, "reflection")
+
+    @property
+    def live_session_key(self) -> str:
+        """The user's current live session id."""
+        return self._k.user(self.user_id, "live-session")
+
+    @property
+    def prefix(self) -> str:
+        """Every key of this user starts with this (and no other user's does)."""
+        return self._k.user(self.user_id, "")
+
     # reads --------------------------------------------------------------------
     def cards(self, include_superseded: bool = False) -> dict[str, Card]:
         raw = self.store.backend.hgetall(self.cards_key)
@@ -133,6 +158,17 @@ class UserScope:
             zeros = [0.0] * dim
             return UserVector(z_long=zeros, z_short=list(zeros), projection_version=projection_version)
         return decode(data, UserVector)
+
+    def history(self) -> list[Message]:
+        return [decode(item, Message) for item in self.store.backend.lrange(self.history_key)]
+
+    def summary(self) -> str:
+        data = self.store.backend.get(self.summary_key)
+        return data.decode() if data else ""
+
+    def reflection(self) -> list[str]:
+        data = self.store.backend.get(self.reflection_key)
+        return decode(data, list[str]) if data else []
 
     # write ops ----------------------------------------------------------------
     def put_card_ops(self, card: Card, embedding: CardEmbedding | None) -> list[Op]:

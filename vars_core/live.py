@@ -1,0 +1,104 @@
+"""Live sessions: a real user's turns through the same stage handlers as campaigns.
+
+The user's message takes the simulate stage's place: it is committed as that turn's
+simulator output, so the router, judge, update, extract and retrieve run unchanged.
+Used by the library facade and the gateway alike.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+
+from vars_core.engine import Engine
+from vars_core.reinforce import reset_session as zero_short
+from vars_core.routing import Step
+from vars_core.stages import START_TURN, run_stage
+from vars_core.stages.context import StageContext
+from vars_core.store import StateStore, UserScope
+from vars_core.store.backend import Op
+from vars_core.tenant import tenant_mean, tenant_of
+from vars_core.types import (
+    AgentReply,
+    GenerateResult,
+    Message,
+    Problem,
+    SessionState,
+    SimulatorTurn,
+    UserVector,
+)
+
+LIVE_PROBLEM = Problem(problem_id="", domain="live", question="", answer="")
+LIVE_MAX_TURNS = 1_000_000
+
+
+def current_session(store: StateStore, user: UserScope) -> SessionState | None:
+    data = store.backend.get(user.live_session_key)
+    if not data:
+        return None
+    session = store.session(data.decode())
+    return None if store.is_committed(session.session_id, START_TURN, "end") else session
+
+
+def start_live_session(engine: Engine, store: StateStore, user_id: str, method: str, opening: str) -> SessionState:
+    user = store.user(user_id)
+    state = SessionState(
+        session_id=f"live:{user_id}:{secrets.token_hex(6)}",
+        user_id=user_id,
+        method=method,
+        profile_id="",
+        session_index=0,
+        problem=LIVE_PROBLEM,
+        max_turns=LIVE_MAX_TURNS,
+        seed=int.from_bytes(secrets.token_bytes(4), "little"),
+        opening=opening,
+        lane="live",
+    )
+    dim = engine.config.projection_dim
+
+    def build() -> list[Op]:
+        ops = [store.put_session_op(state), Op("set", user.live_session_key, value=state.session_id.encode())]
+        if store.backend.exists(user.vector_key):
+            ops.append(user.put_vector_op(zero_short(user.vector(dim))))
+        elif engine.config.cold_start == "tenant_mean":
+            agg = tenant_mean(store, tenant_of(user_id))
+            if agg.count:
+                z_long = (np.asarray(agg.total) / agg.count).tolist()
+                ops.append(user.put_vector_op(UserVector(z_long=z_long, z_short=[0.0] * dim)))
+        return ops
+
+    store.transact_stage(state.session_id, START_TURN, "start", [user.vector_key], build)
+    return state
+
+
+def last_turn(store: StateStore, session: SessionState) -> int:
+    turn = 0
+    while store.stage_output(session.session_id, turn + 1, "simulate", SimulatorTurn) is not None:
+        turn += 1
+    return turn
+
+
+def begin_turn(engine: Engine, store: StateStore, session: SessionState, text: str) -> int:
+    """Commit the user's message as the next turn; a previous turn left without a reply
+    (its backend failed) gets an empty one, so the session is never stuck."""
+    turn = last_turn(store, session) + 1
+    if turn > 1 and not store.is_committed(session.session_id, turn - 1, "generate"):
+        ctx = StageContext(engine, store, session, turn - 1)
+        ctx.commit("generate", [ctx.output_op("generate", GenerateResult(reply=AgentReply(content="")))])
+    ctx = StageContext(engine, store, session, turn)
+    ctx.commit(
+        "simulate",
+        [
+            ctx.output_op("simulate", SimulatorTurn(message=text, terminate=False)),
+            store.append_message_op(session.session_id, Message("user", text, turn)),
+        ],
+    )
+    return turn
+
+
+def run_until_generate(engine: Engine, store: StateStore, session: SessionState, turn: int) -> None:
+    """judge -> update -> extract -> retrieve, as the session's method routes them."""
+    step: Step | None = run_stage(engine, store, session.session_id, turn, "simulate")
+    while step is not None and step.stage != "generate":
+        step = run_stage(engine, store, session.session_id, step.turn, step.stage)
