@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from vars_core.backend_stats import BackendStats
+from vars_core.llm import make_llm
 from vars_core.llm.base import Completion, LLMError
 from vars_core.llm_extractor import (
     PREFERENCES_SCHEMA,
@@ -20,12 +21,14 @@ from vars_core.llm_extractor import (
 from vars_core.notes import format_note, parse_notes
 from vars_core.types import ExtractedPreference, Message
 
+pytest_plugins = ["tests.llm_servers"]  # the real llama.cpp server fixture
+
 
 class CannedLLM:
-    """A ChatLLM that answers with canned texts in order (an Exception in the list is
-    raised instead) and records every request. It stands in for a model so that each reply
-    shape is exercised exactly; the real HTTP client runs against a real llama.cpp server in
-    its own tests and in the server test below."""
+    """A test double of the ChatLLM protocol: it answers with canned texts in order (an
+    Exception in the list is raised instead) and records every request, so each reply shape
+    is exercised exactly. The real HTTP client is tested against a real llama.cpp server in
+    its own tests and in the server test at the end of this file."""
 
     name = "canned"
 
@@ -256,24 +259,22 @@ def test_shared_stats_count_several_extractors_together():
 # --------------------------------------------------------------------------- real server
 
 
-def test_against_the_real_small_model_server(request):
-    llm = _real_llm(request)
-    extractor = LLMExtractor(llm, max_tokens=128)
+@pytest.fixture
+def small_model(llama_url: str) -> Iterator[Any]:
+    """A real client on the SmolLM2-135M llama.cpp server (skipped where it cannot run)."""
+    with make_llm("llama.cpp", base_url=llama_url, model="smollm2", max_retries=1) as llm:
+        yield llm
+
+
+def test_against_the_real_small_model_server(small_model):
+    extractor = LLMExtractor(small_model, max_tokens=128)
     prefs = extractor.extract(CONVERSATION)
     assert isinstance(prefs, list)
     assert all(isinstance(p, ExtractedPreference) and 0.0 <= p.confidence <= 1.0 for p in prefs)
     for p in prefs:
         assert parse_notes(format_note(p.condition, p.action)) == [(p.condition, p.action)]
     s = extractor.stats
-    # A 135M model mostly writes junk: every call ends as a clean result, a repair, a
-    # counted failure or a counted backend error, never as an exception.
+    # A 135M model mostly writes junk: each call ends as a clean result, a repair, a counted
+    # failure or a counted backend error, never as an exception.
     assert s["calls"] == 1
     assert s["repaired"] + s["failures"] + s["llm_errors"] <= 1
-
-
-def _real_llm(request: pytest.FixtureRequest):
-    servers = pytest.importorskip("tests.llm_servers", reason="no llama.cpp server fixture")
-    name = next((n for n in ("smollm_llm", "small_llm", "llm") if hasattr(servers, n)), None)
-    if name is None:
-        pytest.skip("tests/llm_servers.py has no LLM fixture")
-    return request.getfixturevalue(name)

@@ -7,11 +7,13 @@ import threading
 
 import pytest
 
-from tests.test_llm_extractor import CannedLLM, _real_llm
+from tests.test_llm_extractor import CannedLLM, small_model  # noqa: F401 (a fixture)
 from vars_core.judge import LABEL_REWARDS, LABELS
 from vars_core.llm.base import LLMError
 from vars_core.llm_judge import JUDGE_SCHEMA, LABEL_DEFINITIONS, LLMJudge, cache_key
 from vars_core.types import JudgeResult
+
+pytest_plugins = ["tests.llm_servers"]  # the real llama.cpp server fixture
 
 TURN = ("Solve x^2 = 4 in bullet points.", "x = 2 or x = -2.", "As I said, use bullet points.")
 
@@ -127,8 +129,8 @@ def test_concurrent_judging_is_safe():
 # --------------------------------------------------------------------------- real server
 
 
-def test_against_the_real_small_model_server(request):
-    judge = LLMJudge(_real_llm(request), max_tokens=48)
+def test_against_the_real_small_model_server(small_model):  # noqa: F811 (the fixture)
+    judge = LLMJudge(small_model, max_tokens=48)
     result = judge.judge(*TURN)
     assert isinstance(result, JudgeResult) and result.label in LABELS
     assert result.apply == (

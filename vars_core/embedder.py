@@ -8,6 +8,7 @@ Backends are picked by name with ``make_embedder``: "minilm" (the default), "tra
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import threading
 from collections import OrderedDict
@@ -156,10 +157,10 @@ def default_embedder() -> TransformersEmbedder:
         return _DEFAULT
 
 
-# name -> "module:factory", imported on first use so that naming a backend costs nothing
+# name -> "module:factory", imported when a backend is built
 _EMBEDDERS: dict[str, str] = {
     "minilm": "vars_core.embedder:_minilm",
-    "transformers": "vars_core.embedder:_transformers",
+    "transformers": "vars_core.embedder:TransformersEmbedder",
     "openai": "vars_core.embedders_http:OpenAIEmbeddings",
 }
 
@@ -171,26 +172,61 @@ def embedder_kinds() -> list[str]:
 def make_embedder(kind: str = "minilm", **options: Any) -> Embedder:
     """An embedder by registered name; ``options`` go to its constructor.
 
-    "minilm": no options gives the shared process-wide instance; "transformers": ``path``
-    (required), ``pooling``, ``device``, ``batch_size``, ``max_length``, ``query_prefix``,
-    ``name``; "openai": ``base_url``, ``model``, ``api_key``, ``timeout_s``, ``batch_size``.
+    "minilm": default options give the shared process-wide instance; "transformers":
+    ``path`` (or ``model_dir``), ``pooling``, ``device``, ``batch_size``, ``max_length``,
+    ``query_prefix``, ``padding_side``; "openai": ``base_url``, ``model``, ``api_key``,
+    ``timeout_s``, ``batch_size``, ``query_prefix``. See ``build_backend`` for options
+    that only another kind takes.
     """
-    target = _EMBEDDERS.get(kind)
-    if target is None:
-        raise ValueError(f"unknown embedder {kind!r}; known: {', '.join(embedder_kinds())}")
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)(**options)
-
-
-def _minilm(**options: Any) -> TransformersEmbedder:
-    if not options:
-        return default_embedder()
-    options.setdefault("name", "all-MiniLM-L6-v2")
-    return TransformersEmbedder(minilm_path(), **{"pooling": "mean", **options})
-
-
-def _transformers(path: str | Path | None = None, **options: Any) -> TransformersEmbedder:
-    path = path or options.pop("model_dir", None)
-    if path is None:
+    if "path" in options:
+        options["model_dir"] = options.pop("path")
+    if kind == "transformers" and not options.get("model_dir"):
         raise ValueError("the 'transformers' embedder needs path= (a local model directory)")
-    return TransformersEmbedder(path, **options)
+    return build_backend("embedder", _EMBEDDERS, kind, options)
+
+
+def build_backend(family: str, registry: dict[str, str], kind: str, options: dict[str, Any]) -> Any:
+    """Build ``registry[kind]`` with the options its constructor takes.
+
+    A flat config section carries the fields of every kind of its family, so an option that
+    another kind takes is dropped; one that no kind takes is a typo and fails loudly.
+    """
+    target = registry.get(kind)
+    if target is None:
+        raise ValueError(f"unknown {family} {kind!r}; known: {', '.join(sorted(registry))}")
+    factory = _resolve(target)
+    known = set().union(*(_parameters(_resolve(t)) for t in set(registry.values())))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"no {family} takes the options {unknown}")
+    accepted = _parameters(factory)
+    return factory(**{key: value for key, value in options.items() if key in accepted})
+
+
+def _resolve(target: str) -> Any:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _parameters(factory: Any) -> set[str]:
+    return {
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+
+
+def _minilm(
+    device: str = "cpu", batch_size: int = 32, max_length: int = 256, query_prefix: str = ""
+) -> TransformersEmbedder:
+    if (device, batch_size, max_length, query_prefix) == ("cpu", 32, 256, ""):
+        return default_embedder()
+    return TransformersEmbedder(
+        minilm_path(),
+        pooling="mean",
+        device=device,
+        batch_size=batch_size,
+        max_length=max_length,
+        query_prefix=query_prefix,
+        name="all-MiniLM-L6-v2",
+    )

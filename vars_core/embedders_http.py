@@ -28,9 +28,7 @@ def endpoint_url(base_url: str, path: str) -> str:
     return base if base.endswith("/" + path) else f"{base}/{path}"
 
 
-def post_json(
-    client: httpx.Client, url: str, payload: dict[str, Any], retries: int = 2
-) -> Any:
+def post_json(client: httpx.Client, url: str, payload: dict[str, Any], retries: int = 2) -> Any:
     """POST JSON and return the decoded body. Connection errors and 408/429/5xx are retried
     with exponential backoff; anything else fails at once with the server's words."""
     for attempt in range(retries + 1):

@@ -117,27 +117,31 @@ class LLMExtractor:
         if not any(m.role == "user" and m.content.strip() for m in recent):
             return []  # no user evidence: nothing to ask the model
         self.stats.incr("calls")
-        prompt = build_prompt(recent)
         try:
-            reply = self._complete(prompt)
-            try:
-                raw = parse_reply(reply)
-            except ReplyError as first:
-                reply = self._complete(prompt + repair_messages(reply, str(first)))
-                try:
-                    raw = parse_reply(reply)
-                except ReplyError as second:
-                    self.stats.incr("failures")
-                    log.warning(
-                        "extractor reply unusable after repair: %s; reply %.200r", second, reply
-                    )
-                    return []
-                self.stats.incr("repaired")
+            raw = self._ask(build_prompt(recent))
         except LLMError as err:
             self.stats.incr("llm_errors")
             log.warning("extractor backend failed, no preferences this turn: %s", err)
             return []
         return self._clean_all(raw)
+
+    def _ask(self, prompt: list[Message]) -> list[_Preference]:
+        """The model's preferences, after at most one repair request; [] (counted as a
+        failure) when the repaired reply is junk too."""
+        reply = self._complete(prompt)
+        try:
+            return parse_reply(reply)
+        except ReplyError as err:
+            error = str(err)
+        reply = self._complete(prompt + repair_messages(reply, error))
+        try:
+            raw = parse_reply(reply)
+        except ReplyError as err:
+            self.stats.incr("failures")
+            log.warning("extractor reply unusable after repair: %s; reply %.200r", err, reply)
+            return []
+        self.stats.incr("repaired")
+        return raw
 
     def _complete(self, messages: list[Message]) -> str:
         completion = complete_sync(

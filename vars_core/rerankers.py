@@ -8,7 +8,6 @@ retrieval), "yesno" (a causal LM asked "yes" or "no", Qwen3-Reranker style), "cr
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from vars_core import retrieval
-from vars_core.embedders_http import ModelServerError, http_client, endpoint_url, post_json
+from vars_core.embedder import build_backend
+from vars_core.embedders_http import ModelServerError, endpoint_url, http_client, post_json
 
 DEFAULT_INSTRUCTION = (
     "Given a user's request to an assistant, judge whether this remembered preference of "
@@ -50,20 +50,26 @@ class NoReranker:
 
 
 def bind_reranker(
-    reranker: Reranker | None, query: str, notes: Mapping[str, str]
+    reranker: Reranker | None, query: str, notes: Mapping[str, str] | None
 ) -> retrieval.Reranker | None:
     """The ``rerank`` argument of ``retrieval.retrieve`` for one query: candidate ids and
     cosines in, s0 out. None (the cosine default) for no reranker or ``NoReranker``."""
     if reranker is None or isinstance(reranker, NoReranker):
         return None
+    name = getattr(reranker, "name", type(reranker).__name__)
+    if notes is None or not query:
+        raise ValueError(f"reranker {name!r} reads texts: pass the query and the notes")
 
     def rerank(card_ids: list[str], cosines: np.ndarray) -> np.ndarray:
         if not card_ids:
             return np.zeros(0, dtype=np.float64)
+        missing = [cid for cid in card_ids if cid not in notes]
+        if missing:
+            raise KeyError(f"no note text for candidate cards {missing[:5]}")
         scores = reranker.score(query, [notes[cid] for cid in card_ids])
         if scores is None:
             return retrieval.base_scores(cosines)
-        return check_scores(scores, len(card_ids), reranker.name)
+        return check_scores(scores, len(card_ids), name)
 
     return rerank
 
@@ -139,7 +145,10 @@ class YesNoReranker:
 
     def score(self, query: str, documents: list[str]) -> np.ndarray:
         prompts = [self.prompt_ids(query, d) for d in documents]
-        out = [self._batch(prompts[i : i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)]
+        out = [
+            self._batch(prompts[i : i + self.batch_size])
+            for i in range(0, len(prompts), self.batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
 
     def _batch(self, prompts: list[list[int]]) -> np.ndarray:
@@ -258,7 +267,9 @@ class HTTPReranker:
         try:
             return check_scores(scores, len(documents), self.name)
         except ValueError as exc:
-            raise ModelServerError(f"{self.url}: {exc}; set sigmoid=True if it returns logits") from exc
+            raise ModelServerError(
+                f"{self.url}: {exc}; set sigmoid=True if it returns logits"
+            ) from exc
 
     def _parse(self, body: Any, items_key: str, score_key: str, n: int) -> np.ndarray:
         items = body.get(items_key) if isinstance(body, dict) else None
@@ -277,11 +288,12 @@ class HTTPReranker:
         return scores
 
 
-# name -> "module:class", imported on first use
+# name -> "module:class"; "cross-encoder" is the config spelling
 _RERANKERS: dict[str, str] = {
     "none": "vars_core.rerankers:NoReranker",
     "yesno": "vars_core.rerankers:YesNoReranker",
     "cross_encoder": "vars_core.rerankers:CrossEncoderReranker",
+    "cross-encoder": "vars_core.rerankers:CrossEncoderReranker",
     "http": "vars_core.rerankers:HTTPReranker",
 }
 
@@ -291,12 +303,12 @@ def reranker_kinds() -> list[str]:
 
 
 def make_reranker(kind: str = "none", **options: Any) -> Reranker:
-    """A reranker by registered name; ``options`` go to its constructor ("yesno" and
-    "cross_encoder" take ``model_dir`` (or ``path``), "http" takes ``base_url`` and ``model``)."""
-    target = _RERANKERS.get(kind)
-    if target is None:
-        raise ValueError(f"unknown reranker {kind!r}; known: {', '.join(reranker_kinds())}")
-    if "path" in options and "model_dir" not in options:
+    """A reranker by registered name; ``options`` go to its constructor: "yesno" and
+    "cross_encoder" take ``model_dir`` (or ``path``) and ``device``, "http" takes
+    ``base_url``, ``model`` and ``endpoint``. Options that only another kind takes are
+    dropped (see ``embedder.build_backend``)."""
+    if "path" in options:
         options["model_dir"] = options.pop("path")
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)(**options)
+    if kind in ("yesno", "cross_encoder", "cross-encoder") and not options.get("model_dir"):
+        raise ValueError(f"the {kind!r} reranker needs path= (a local model directory)")
+    return build_backend("reranker", _RERANKERS, kind, options)

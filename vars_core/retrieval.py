@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import faiss
 import numpy as np
@@ -18,6 +19,7 @@ from vars_core.config import PolicyConfig
 from vars_core.policy import select
 from vars_core.types import Card, CardEmbedding, RetrievalTrace, UserVector
 
+# (candidate ids, cosines) -> s0; a text reranker is bound to this shape by rerankers
 Reranker = Callable[[list[str], np.ndarray], np.ndarray]
 
 
@@ -140,19 +142,27 @@ def retrieve(
     rng: np.random.Generator,
     learning: bool,
     projection_version: str,
-    rerank: Reranker | None = None,
+    rerank: Reranker | Any | None = None,
+    query: str = "",
+    notes: Mapping[str, str] | None = None,
 ) -> RetrievalTrace:
     """Query embedding -> dense top-K -> s0 -> policy list, as a trace.
 
     Item vectors are the stored ``CardEmbedding.item`` of each candidate. A card whose item
     vector belongs to another projection gets a zero item vector: it still competes on s0,
-    and the trace records exactly the scores it was ranked by. ``rerank`` maps
-    (candidate ids, cosines) to s0; without it s0 = (1 + cos) / 2.
+    and the trace records exactly the scores it was ranked by. ``rerank`` is either a
+    callable mapping (candidate ids, cosines) to s0, or a ``rerankers.Reranker`` (it has
+    ``score(query, documents)``), which reads ``query`` and the candidates' ``notes``
+    (card id -> note text); without one s0 = (1 + cos) / 2.
     """
     ids, cosines = dense_candidates(index, query_embedding, cfg.top_k_dense)
     keep = [i for i, cid in enumerate(ids) if cid in embeddings]  # index older than the map
     ids = [ids[i] for i in keep]
     cosines = cosines[keep]
+    if rerank is not None and hasattr(rerank, "score"):
+        from vars_core.rerankers import bind_reranker  # rerankers imports this module
+
+        rerank = bind_reranker(rerank, query, notes)
     s0 = rerank(ids, cosines) if rerank is not None else base_scores(cosines)
     dim = _item_dim(embeddings, projection_version) or (len(vector.z_long) if vector else 0)
     items = np.zeros((len(ids), dim), dtype=np.float64)

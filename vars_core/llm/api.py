@@ -160,8 +160,11 @@ class ChatAPI:
         retried like ``complete``; once text has been yielded it is an LLMError."""
         self._check_open()
         payload = self.build_payload(
-            list(messages), max_tokens=max_tokens, temperature=temperature,
-            json_schema=None, stream=True,
+            list(messages),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            json_schema=None,
+            stream=True,
         )
         return self._home.iterate(self._stream(list(messages), payload))
 
@@ -215,8 +218,11 @@ class ChatAPI:
     ) -> Completion:
         def payload(schema: dict[str, Any] | None) -> dict[str, Any]:
             return self.build_payload(
-                messages, max_tokens=max_tokens, temperature=temperature,
-                json_schema=schema, stream=False,
+                messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                json_schema=schema,
+                stream=False,
             )
 
         try:
@@ -235,8 +241,11 @@ class ChatAPI:
             raise
         usage, estimated = self._account(messages, reply.text, reply.usage)
         return Completion(
-            text=reply.text, usage=usage, model=reply.model or self.model,
-            finish_reason=reply.finish_reason, usage_estimated=estimated,
+            text=reply.text,
+            usage=usage,
+            model=reply.model or self.model,
+            finish_reason=reply.finish_reason,
+            usage_estimated=estimated,
         )
 
     async def _request(self, payload: dict[str, Any], *, schema_sent: bool = False) -> Reply:
@@ -250,7 +259,7 @@ class ChatAPI:
                     self.requests += 1
                     resp = await client.post(self.path, json=payload)
             except TRANSIENT_ERRORS as exc:
-                error = LLMError(_describe(exc, url, self.timeout_s))
+                error = LLMError(f"{self.name}: {_describe(exc, url, self.timeout_s)}")
             else:
                 if resp.status_code == 200:
                     try:
@@ -268,7 +277,9 @@ class ChatAPI:
                         raise error
                     retry_after = _retry_after(resp.headers.get("retry-after"))
             if attempt >= self.max_retries:
-                raise LLMError(f"{error} (gave up after {attempt + 1} attempts)", status=error.status)
+                raise LLMError(
+                    f"{error} (gave up after {attempt + 1} attempts)", status=error.status
+                )
             attempt += 1
             self.retries += 1
             await asyncio.sleep(self._delay(attempt, retry_after))
@@ -306,9 +317,11 @@ class ChatAPI:
                                 raise error
                             retry_after = _retry_after(resp.headers.get("retry-after"))
                 except TRANSIENT_ERRORS as exc:
-                    error = LLMError(_describe(exc, url, self.timeout_s))
+                    error = LLMError(f"{self.name}: {_describe(exc, url, self.timeout_s)}")
                     if parts:  # text already went out: a replay would repeat it
-                        raise LLMError(f"{error} (stream broken after {len(parts)} deltas)") from None
+                        raise LLMError(
+                            f"{error} (stream broken after {len(parts)} deltas)"
+                        ) from None
                 if attempt >= self.max_retries:
                     raise LLMError(
                         f"{error} (gave up after {attempt + 1} attempts)", status=error.status
@@ -351,7 +364,9 @@ class ChatAPI:
         if retry_after is not None:
             return min(retry_after, self.backoff_cap_s)
         # Full jitter: spreads the retries of many clients that failed at the same moment.
-        return random.uniform(0.0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1)))
+        return random.uniform(
+            0.0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1))
+        )
 
     def _status_error(self, resp: httpx.Response, url: str) -> LLMError:
         return LLMError(
@@ -359,7 +374,9 @@ class ChatAPI:
             status=resp.status_code,
         )
 
-    def _account(self, messages: list[Message], text: str, usage: Usage | None) -> tuple[Usage, bool]:
+    def _account(
+        self, messages: list[Message], text: str, usage: Usage | None
+    ) -> tuple[Usage, bool]:
         estimated = usage is None
         if usage is None:
             # The server reported none: the same word-and-punctuation estimate the scripted

@@ -123,7 +123,7 @@ class LoopThread:
             loop.stop()
             return
         # Cancel what still runs (a request whose caller went away) so the loop closes clean.
-        asyncio.run_coroutine_threadsafe(_cancel_others(), loop).result()
+        asyncio.run_coroutine_threadsafe(_cancel_others(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
 
