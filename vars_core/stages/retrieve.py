@@ -5,6 +5,7 @@ keys; the next turn's update reads exactly these values."""
 
 from __future__ import annotations
 
+from vars_core.embedder import query_embeddings
 from vars_core.retrieval import active_note_embeddings, retrieve
 from vars_core.stages.context import StageContext
 from vars_core.store.backend import Op
@@ -32,7 +33,7 @@ def handle(ctx: StageContext) -> None:
     vector = user.vector(cfg.projection_dim, projection_version) if ctx.method.uses_vector else None
     trace = retrieve(
         user.user_id,
-        engine.embedder.embed([query])[0],
+        query_embeddings(engine.embedder, [query])[0],
         index,
         embeddings,
         vector,
@@ -41,6 +42,8 @@ def handle(ctx: StageContext) -> None:
         learning=ctx.method.uses_vector,
         projection_version=projection_version,
         rerank=engine.reranker,
+        query=query,
+        notes={cid: card.note for cid, card in cards.items()},
     )
     chosen_ids = [trace.candidate_ids[i] for i in trace.chosen]
     result = RetrieveResult(chosen_ids, [cards[cid].note for cid in chosen_ids])
