@@ -501,3 +501,22 @@ def test_load_projection_names_the_known_kinds():
         load_projection("umap")
     with pytest.raises(ValueError, match="refit"):
         load_projection("pca", dim=128)
+
+
+def test_the_facade_ranks_with_a_configured_reranker_and_the_pca_projection(llama_dir, minilm):
+    from vars_core import PersonalizedLLM
+    from vars_core.rerankers import YesNoReranker
+
+    llm = PersonalizedLLM.from_config(
+        {"reranker": {"kind": "yesno", "path": str(llama_dir)}, "projection": "pca"}
+    )
+    llm.engine._embedder = minilm
+    llm.chat("rr", "When writing python code, use snake_case names. When answering a medical question, remind me to consult a doctor. Hi?")
+    llm.reset_session("rr")
+    result = llm.chat("rr", "Writing python code: how should I name a helper?")
+    assert result.debug.cards
+    query = "Writing python code: how should I name a helper?"
+    expected = YesNoReranker(llama_dir).score(query, [c.note for c in result.debug.cards])
+    assert np.allclose([c.base_score for c in result.debug.cards], expected, atol=1e-5)
+    card = next(iter(llm.store.user("rr").embeddings().values()))
+    assert card.projection_version.startswith("pca-")
