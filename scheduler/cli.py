@@ -44,6 +44,7 @@ def _run_campaign(spec, local: bool, results: Path, concurrency: int) -> tuple[s
     from scheduler.campaigns import ProgressPrinter, follow, launch
     from scheduler.embedded_redis import resolve_redis_url
     from scheduler.local import LocalStack
+    from vars_core.config import config_from_env
     from vars_core.engine import Engine
     from vars_core.store import StateStore
     from vars_core.store.connect import connect
@@ -55,7 +56,7 @@ def _run_campaign(spec, local: bool, results: Path, concurrency: int) -> tuple[s
 
         app = make_app(url)
         store = StateStore(RedisBackend(connect(url)))
-        plan = launch(app, Engine(), store, spec)
+        plan = launch(app, Engine(config_from_env()), store, spec)
         print(plan.campaign_id, flush=True)
 
         printer = ProgressPrinter()

@@ -165,3 +165,9 @@ def _name_field(message: str) -> str:
         what, _, where = message.rpartition(" - at `$.")
         return f"field `{where.rstrip('`')}`: {what}"
     return message.replace("Object contains unknown field", "unknown field")
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> EngineConfig:
+    """A process's config: the TOML file named by VARS_CONFIG (if any), then VARS_* overrides."""
+    environ = os.environ if environ is None else environ
+    return load_config(environ.get("VARS_CONFIG") or None, environ)

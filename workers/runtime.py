@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
+from vars_core.config import config_from_env
 from vars_core.engine import Engine
 from vars_core.store import StateStore
 from vars_core.store.connect import connect
@@ -19,7 +20,7 @@ def engine() -> Engine:
     global _engine
     with _lock:
         if _engine is None:
-            _engine = Engine()
+            _engine = Engine(config_from_env())
         return _engine
 
 
