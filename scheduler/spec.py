@@ -7,8 +7,7 @@ from pathlib import Path
 import msgspec
 
 from vars_core.methods import METHODS
-
-KNOWN_DATASETS = ("math-500", "math_hard", "logiqa", "medqa", "mmlu")
+from vars_core.problems import known_domains
 
 
 class SpecError(ValueError):
@@ -73,9 +72,10 @@ def validate(spec: CampaignSpec, source: str = "spec", base_dir: Path | None = N
         raise bad("max_turns", f"must be at least 1, got {spec.max_turns}")
     if not spec.datasets:
         raise bad("datasets", "needs at least one dataset")
+    known = known_domains()
     for dataset in spec.datasets:
-        if dataset not in KNOWN_DATASETS:
-            raise bad("datasets", f"unknown dataset {dataset!r}; known: {', '.join(KNOWN_DATASETS)}")
+        if dataset not in known:
+            raise bad("datasets", f"unknown dataset {dataset!r}; known: {', '.join(known)}")
     return spec
 
 

@@ -18,6 +18,7 @@ from vars_core.stages.context import StageContext
 from vars_core.stages.lifecycle import START_TURN, end_session
 from vars_core.store import StateStore
 from vars_core.store.backend import Op
+from vars_core.store.state import UnknownSession
 from vars_core.types import STAGES
 from workers import runtime
 from workers.app import app
@@ -81,7 +82,11 @@ def execute(task: Task, stage: str, payload: dict) -> None:
     store, engine = runtime.store(), runtime.engine()
     try:
         step = run_stage(engine, store, event.session_id, event.turn, stage)
-    except (StrayEvent, KeyError) as exc:
+        _record_hop(task, event)
+        # Publishing is inside the retry scope: a commit whose publish failed is retried,
+        # finds its commit made, and publishes again.
+        advance(event, step)
+    except (StrayEvent, UnknownSession) as exc:
         # Off-route or for an unknown session: retrying cannot help, and the session (if
         # any) is left as it is.
         log.error("refused %s event %r: %s", stage, msgspec.to_builtins(event), exc)
@@ -100,8 +105,6 @@ def execute(task: Task, stage: str, payload: dict) -> None:
         except Exception:  # e.g. the session itself is unreadable: the dead letter says why
             log.exception("could not close failed session %s", event.session_id)
         return
-    _record_hop(task, event)
-    advance(event, step)
 
 
 def hops_key(store: StateStore, session_id: str) -> str:

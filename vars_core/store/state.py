@@ -27,6 +27,10 @@ _ENC = msgspec.msgpack.Encoder()
 _USER_ID = re.compile(r"^[^\s{}]{1,200}$")
 
 
+class UnknownSession(KeyError):
+    """No session with that id in the store."""
+
+
 class PartitionError(PermissionError):
     """A read or write that would cross from one user's data into another's."""
 
@@ -209,7 +213,7 @@ class StateStore:
     def session(self, session_id: str) -> SessionState:
         data = self.backend.get(self.keys.session(session_id))
         if data is None:
-            raise KeyError(f"unknown session {session_id!r}")
+            raise UnknownSession(f"unknown session {session_id!r}")
         return decode(data, SessionState)
 
     def put_session_op(self, state: SessionState) -> Op:
