@@ -105,6 +105,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaign_report(args: argparse.Namespace) -> int:
+    import json
+
+    from scheduler.report import ReportError, build_report, report_json, write_report
+
+    try:
+        report = build_report(args.campaign, args.results, args.baseline)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report_json(report), indent=2))
+        return 0
+    path = write_report(report, Path(args.out) if args.out else None)
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from scheduler.local import up
 
@@ -141,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results", default="results", help="results directory (default: ./results)")
     run.add_argument("--concurrency", type=int, default=2, help="threads per local worker")
     run.set_defaults(func=cmd_campaign_run)
+    report = campaign_sub.add_parser(
+        "report", help="tables with 95%% CIs, paired tests and plots for one campaign"
+    )
+    report.add_argument("campaign", help="a campaign id, or its results directory")
+    report.add_argument("--results", default="results", help="where campaign ids are looked up (default: ./results)")
+    report.add_argument("--baseline", default=None, help="method for paired tests (default: vanilla if present, else the first)")
+    report.add_argument("--out", default=None, help="Markdown path (default: <results>/<id>/report.md); PNGs go next to it")
+    report.add_argument("--json", action="store_true", help="print the per-method summary as JSON instead of writing files")
+    report.set_defaults(func=cmd_campaign_report)
 
     demo = sub.add_parser("demo", help="run a small built-in campaign on the embedded default")
     demo.add_argument("--results", default="results")
@@ -152,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     up_parser.set_defaults(func=cmd_up)
     down_parser = sub.add_parser("down", help="stop what `vars up` started")
     down_parser.set_defaults(func=cmd_down)
+
+    from scheduler.profiles_cli import add_profiles_parser
+
+    add_profiles_parser(sub)
     return parser
 
 
