@@ -12,8 +12,10 @@ import re
 from functools import cache
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
+from vars_core.code_tasks import CodeTask, code_problems
 from vars_core.types import Problem
 
 DATA_DIR = Path(__file__).parent / "data" / "problems"
@@ -50,7 +52,10 @@ def _records(domain: str, split: str) -> tuple[dict, ...]:
 def problems_from_records(
     domain: str, split: str, records: list[dict] | tuple[dict, ...]
 ) -> list[Problem]:
-    """MultiSessionCollab records ``{problem, solution[, level]}`` -> Problems."""
+    """MultiSessionCollab records ``{problem, solution[, level]}`` -> Problems; the code
+    domain's records are tasks with tests (see ``vars_core.code_tasks``)."""
+    if domain == "code":
+        return code_problems(split, [msgspec.convert(rec, CodeTask) for rec in records])
     return [
         Problem(
             problem_id=f"{domain}/{split}/{i}",
