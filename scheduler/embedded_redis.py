@@ -58,7 +58,7 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True if ``pid`` runs and is not a zombie (a daemon's parent may never reap it)."""
     try:
         os.kill(pid, 0)
@@ -78,7 +78,7 @@ def _is_redis(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return _alive(pid)  # no /proc: trust the pidfile
+        return process_alive(pid)  # no /proc: trust the pidfile
     return b"redis-server" in cmdline
 
 
@@ -124,7 +124,7 @@ class EmbeddedRedis:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) and _is_redis(pid) else None
+        return pid if process_alive(pid) and _is_redis(pid) else None
 
     def running(self) -> bool:
         """True when a server answers PING on the socket."""
@@ -198,11 +198,11 @@ class EmbeddedRedis:
                 return False
             os.kill(pid, signal.SIGTERM)  # redis treats SIGTERM as SHUTDOWN
             deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
-                while _alive(pid):
+                while process_alive(pid):
                     time.sleep(0.05)
             self._clear_stale()
             self.launched = False
@@ -224,7 +224,7 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.running():
                 return True
-            if pid is not None and not _alive(pid):
+            if pid is not None and not process_alive(pid):
                 return False
             time.sleep(0.05)
         return False

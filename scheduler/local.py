@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from scheduler.embedded_redis import EmbeddedRedis, resolve_redis_url, vars_home
+from scheduler.embedded_redis import EmbeddedRedis, process_alive, resolve_redis_url, vars_home
 from vars_core.types import STAGES
 
 PIDFILE = "workers.pid"
@@ -59,17 +59,11 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished == pid:
-            return False
+    try:  # reap our own child if it exited, so it does not linger as a zombie
+        os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        pass  # not our child (`vars down` stopping what `vars up` started)
+    return process_alive(pid)
 
 
 class LocalStack:

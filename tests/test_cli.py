@@ -10,6 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from scheduler.embedded_redis import process_alive as _alive
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SPEC = """
@@ -71,18 +73,6 @@ def test_up_runs_detached_campaigns_and_down_stops_them(tmp_path):
     assert "stopped 6 worker(s)" in down.stdout
     pids = [int(p) for p in up.stdout.split("workers:")[1].split()]
     assert not any(_alive(pid) for pid in pids)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie of a process we did not start still answers kill(0); check its state.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _pid_alive(pidfile: Path) -> bool:

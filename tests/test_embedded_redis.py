@@ -13,7 +13,7 @@ import pytest
 
 from scheduler.embedded_redis import (
     EmbeddedRedis,
-    _alive,
+    process_alive,
     redis_server_path,
     resolve_redis_url,
     vars_home,
@@ -64,7 +64,7 @@ def test_start_serves_on_a_unix_socket_only(home: Path) -> None:
     assert config["save"] == "" and config["maxmemory-policy"] == "noeviction"
     assert Path(config["dir"]) == home
     pid = server.pid()
-    assert pid is not None and _alive(pid)
+    assert pid is not None and process_alive(pid)
     assert int((home / "redis.pid").read_text()) == pid
     client.close()
 
@@ -106,7 +106,7 @@ def test_stop_kills_the_process(home: Path) -> None:
     pid = server.pid()
     assert pid is not None
     assert server.stop() is True
-    assert not _alive(pid)
+    assert not process_alive(pid)
     assert not (home / "redis.pid").exists() and not (home / "redis.sock").exists()
     assert server.pid() is None and not server.running()
     assert server.stop() is False

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
+import msgspec
+
 from vars_core.config import EngineConfig, LLMConfig
 from vars_core.embedder import Embedder, default_embedder
 from vars_core.extractor import rule_extract
@@ -79,7 +81,7 @@ class Engine:
 
         return make_embedder(
             cfg.kind,
-            **{k: v for k, v in msgspec_to_dict(cfg).items() if k != "kind" and v not in ("", None)},
+            **{k: v for k, v in msgspec.structs.asdict(cfg).items() if k != "kind" and v not in ("", None)},
         )
 
     @cached_property
@@ -89,7 +91,7 @@ class Engine:
             return None
         from vars_core.rerankers import make_reranker
 
-        options = {k: v for k, v in msgspec_to_dict(cfg).items() if k != "kind" and v not in ("", None)}
+        options = {k: v for k, v in msgspec.structs.asdict(cfg).items() if k != "kind" and v not in ("", None)}
         return make_reranker(cfg.kind, **options)
 
     @cached_property
@@ -137,8 +139,3 @@ class Engine:
             make_role_llm(self.config.extractor_llm, "extractor"), window=self.config.extractor_window
         ).extract
 
-
-def msgspec_to_dict(value: Any) -> dict[str, Any]:
-    import msgspec
-
-    return msgspec.structs.asdict(value)

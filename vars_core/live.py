@@ -12,12 +12,12 @@ import secrets
 import numpy as np
 
 from vars_core.engine import Engine
-from vars_core.reinforce import reset_session as zero_short
 from vars_core.routing import Step
 from vars_core.stages import START_TURN, run_stage
 from vars_core.stages.context import StageContext
 from vars_core.store import StateStore, UserScope
 from vars_core.store.backend import Op
+from vars_core.store.state import decode
 from vars_core.tenant import tenant_mean, tenant_of
 from vars_core.types import (
     AgentReply,
@@ -59,8 +59,9 @@ def start_live_session(engine: Engine, store: StateStore, user_id: str, method: 
 
     def build() -> list[Op]:
         ops = [store.put_session_op(state), Op("set", user.live_session_key, value=state.session_id.encode())]
-        if store.backend.exists(user.vector_key):
-            ops.append(user.put_vector_op(zero_short(user.vector(dim))))
+        reset = user.zero_short_ops()
+        if reset:
+            ops += reset
         elif engine.config.cold_start == "tenant_mean":
             agg = tenant_mean(store, tenant_of(user_id))
             if agg.count:
@@ -73,10 +74,9 @@ def start_live_session(engine: Engine, store: StateStore, user_id: str, method: 
 
 
 def last_turn(store: StateStore, session: SessionState) -> int:
-    turn = 0
-    while store.stage_output(session.session_id, turn + 1, "simulate", SimulatorTurn) is not None:
-        turn += 1
-    return turn
+    """The session's latest turn: that of its last message (one read, however long)."""
+    last = store.backend.lrange(store.keys.session(session.session_id, "messages"), -1, -1)
+    return decode(last[0], Message).turn if last else 0
 
 
 def begin_turn(engine: Engine, store: StateStore, session: SessionState, text: str) -> int:

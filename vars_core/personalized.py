@@ -27,7 +27,6 @@ from vars_core.live import (
 )
 from vars_core.methods import get_method
 from vars_core.reinforce import reinforce_update
-from vars_core.reinforce import reset_session as zero_short
 from vars_core.stages import START_TURN, generate
 from vars_core.stages.context import StageContext
 from vars_core.stages.lifecycle import end_session
@@ -215,13 +214,8 @@ class PersonalizedLLM:
         session = current_session(self.store, user)
         if session is not None:
             end_session(self._ctx(session.session_id, START_TURN))
-        dim = self.engine.config.projection_dim
-
         def build():
-            ops = [Op("del", user.live_session_key)]
-            if self.store.backend.exists(user.vector_key):
-                ops.append(user.put_vector_op(zero_short(user.vector(dim))))
-            return ops, None
+            return [Op("del", user.live_session_key), *user.zero_short_ops()], None
 
         self.store.backend.transact([user.vector_key], build)
 
@@ -232,7 +226,7 @@ class PersonalizedLLM:
         version = user.version()
 
         def build():
-            old = decode(data, UserVector) if (data := self.store.backend.get(user.vector_key)) else None
+            old = user.stored_vector()
             ops = [Op("del", key) for key in self.store.backend.scan(user.prefix)]
             # A fresh version (never a reused one), so no cached index survives.
             ops.append(Op("set", user.version_key, value=str(version + 1).encode()))
@@ -245,7 +239,7 @@ class PersonalizedLLM:
     # persistence ----------------------------------------------------------------
     def save_user(self, user_id: str) -> bytes:
         user = self.store.user(user_id)
-        vector = decode(data, UserVector) if (data := self.store.backend.get(user.vector_key)) else None
+        vector = user.stored_vector()
         snapshot = UserSnapshot(
             user_id=user_id,
             cards=list(user.cards(include_superseded=True).values()),
@@ -287,8 +281,7 @@ class PersonalizedLLM:
         return StageContext(self.engine, self.store, session, turn)
 
     def _vector(self, user_id: str) -> UserVector | None:
-        data = self.store.backend.get(self.store.user(user_id).vector_key)
-        return decode(data, UserVector) if data else None
+        return self.store.user(user_id).stored_vector()
 
     def _debug(self, ctx: StageContext, before: UserVector | None) -> ChatDebug:
         sid, turn = ctx.session.session_id, ctx.turn

@@ -25,33 +25,14 @@ class OpenAIChat(ChatAPI):
     """
 
     def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key: str | None = None,
-        max_concurrency: int = 16,
-        timeout_s: float = 60.0,
-        max_retries: int = 4,
-        backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 20.0,
-        name: str = "",
-        schema_format: SchemaFormat = "json_schema",
+        self, base_url: str, model: str, *, schema_format: SchemaFormat = "json_schema", **options: Any
     ) -> None:
+        """``options``: ChatAPI's (api_key, max_concurrency, timeout_s, retries, name)."""
         if schema_format not in ("json_schema", "json_object"):
             raise ValueError(
                 f"schema_format must be json_schema or json_object, not {schema_format!r}"
             )
-        super().__init__(
-            base_url,
-            model,
-            api_key=api_key,
-            max_concurrency=max_concurrency,
-            timeout_s=timeout_s,
-            max_retries=max_retries,
-            backoff_base_s=backoff_base_s,
-            backoff_cap_s=backoff_cap_s,
-            name=name,
-        )
+        super().__init__(base_url, model, **options)
         self.schema_format = schema_format
 
     def build_payload(

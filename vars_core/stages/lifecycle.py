@@ -5,7 +5,6 @@ from __future__ import annotations
 import msgspec
 
 from vars_core.engine import Engine
-from vars_core.reinforce import reset_session
 from vars_core.rng import rng_for
 from vars_core.scripted.user import opening_message
 from vars_core.session_memory import history_tokens, reflect, summarize
@@ -40,13 +39,9 @@ def start_session(engine: Engine, store: StateStore, state: SessionState) -> Ses
     opening, probe = opening_message(profile, state.problem, rng, engine.user_params)
     state = msgspec.structs.replace(state, opening=opening, conflict_probe=probe)
     user = store.user(state.user_id)
-    dim = engine.config.projection_dim
 
     def build() -> list[Op]:
-        ops = [store.put_session_op(state)]
-        if store.backend.exists(user.vector_key):
-            ops.append(user.put_vector_op(reset_session(user.vector(dim))))
-        return ops
+        return [store.put_session_op(state), *user.zero_short_ops()]
 
     store.transact_stage(state.session_id, START_TURN, "start", [user.vector_key], build)
     return store.session(state.session_id)

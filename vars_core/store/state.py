@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import msgspec
 
+from vars_core.reinforce import reset_session
 from vars_core.store.backend import KVBackend, MemoryBackend, Op
 from vars_core.types import (
     Card,
@@ -156,6 +157,11 @@ class UserScope:
         data = self.store.backend.get(self.version_key)
         return int(data) if data else 0
 
+    def stored_vector(self) -> UserVector | None:
+        """The user's vector, or None if it has never been written."""
+        data = self.store.backend.get(self.vector_key)
+        return None if data is None else decode(data, UserVector)
+
     def vector(self, dim: int, projection_version: str = "") -> UserVector:
         data = self.store.backend.get(self.vector_key)
         if data is None:
@@ -190,6 +196,14 @@ class UserScope:
 
     def put_vector_op(self, vector: UserVector) -> Op:
         return Op("set", self.vector_key, value=encode(vector))
+
+    def zero_short_ops(self) -> list[Op]:
+        """A new session: z_short back to zero, z_long and the baseline kept (no op for a
+        user without a vector)."""
+        vector = self.stored_vector()
+        if vector is None:
+            return []
+        return [self.put_vector_op(reset_session(vector))]
 
     def _own(self, card: Card) -> Card:
         if card.user_id != self.user_id:
