@@ -8,16 +8,23 @@ agents are reported to do; see docs/scripted_world.md.
 Directive order: note-form sentences in the user messages of the prompt, newest message
 first (the user just restated them), then the notes of the system prompt in listed order.
 Of two directives that set the same render option, the one listed first is followed.
+
+Rendering (``render_reply``) is a pure function of the options, the request's features,
+the answer and the rng; each option's default and applied form are tabulated in
+docs/scripted_world.md. In the code domain the answer is code (the task's reference
+solution, or a failing stub when the agent errs) and goes in a fenced Python block.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import NamedTuple
 
 import msgspec
 import numpy as np
 
+from vars_core.code_tasks import CODE_DOMAIN, task_for
 from vars_core.notes import normalize, parse_notes
 from vars_core.problems import ProblemBank, answers_match, choices_of
 from vars_core.scripted.catalog import CatalogEntry, find_by_action, find_by_condition, word_count
@@ -142,6 +149,9 @@ UNKNOWN_ANSWER = "I am not sure"
 def decide_answer(
     problem: Problem | None, rng: np.random.Generator, params: ScriptedAgentParams
 ) -> str:
+    """The answer the reply carries: the reference with p_correct, else a wrong one. For a
+    code task the reference is the task's reference solution (so the reply's code passes
+    the task's tests) and the wrong answer a stub that defines the entry point but fails."""
     if problem is None:
         return UNKNOWN_ANSWER
     if rng.random() < params.p_correct_for(problem.difficulty):
@@ -150,7 +160,10 @@ def decide_answer(
 
 
 def wrong_answer(problem: Problem, rng: np.random.Generator) -> str:
-    """A plausible wrong answer: another listed option, or the answer with a number nudged."""
+    """A plausible wrong answer: another listed option, or the answer with a number nudged;
+    for a code task, a stub of the entry point that returns None."""
+    if problem.domain == CODE_DOMAIN:
+        return wrong_code(problem)
     others = [
         c
         for c in choices_of(problem.question)
@@ -168,6 +181,30 @@ def wrong_answer(problem: Problem, rng: np.random.Generator) -> str:
     if answers_match(problem.domain, guess, problem.answer):
         guess = problem.answer + "+1"
     return guess
+
+
+def wrong_code(problem: Problem) -> str:
+    """The reference solution's entry-point signature over a body that returns None: code
+    that defines the function the tests call but fails them."""
+    try:
+        entry_point: str | None = task_for(problem).entry_point
+    except KeyError:
+        entry_point = None
+    try:
+        tree = ast.parse(problem.answer)
+    except SyntaxError:
+        tree = ast.Module(body=[], type_ignores=[])
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    node = next((f for f in functions if f.name == entry_point), None)
+    if node is None and functions:
+        node = functions[-1]
+    if node is not None and node.body[0].lineno > node.lineno:
+        lines = problem.answer.splitlines()
+        header = lines[node.lineno - 1 : node.body[0].lineno - 1]
+        indent = " " * node.body[0].col_offset
+        return "\n".join([*header, f"{indent}return None"]) + "\n"
+    name = entry_point or (node.name if node is not None else "solve")
+    return f"def {name}(*args, **kwargs):\n    return None\n"
 
 
 # --------------------------------------------------------------------------- rendering
@@ -282,7 +319,7 @@ _RESTATE = {  # (full, concise)
     ),
     "code": ("You asked for code that solves the task.", "You asked for code."),
 }
-# One-line artefacts by render option: (full, concise).
+# One-line artefacts by render option, each set to "on" by its catalog entry: (full, concise).
 _LINES = {
     "summary": (
         "Summary: the answer follows directly from the information given.",
@@ -301,12 +338,116 @@ _LINES = {
         "Check: the result fits.",
     ),
     "doctor": ("Please consult a doctor before acting on any of this.", "Please consult a doctor."),
+    "conditions": (
+        "Conditions: every statement in the puzzle is treated as a constraint on the answer.",
+        "Conditions: binding.",
+    ),
+    "formula": (
+        "Formula: the relation that links the given quantities to the unknown.",
+        "Formula: the relation.",
+    ),
+    "mechanism": (
+        "Mechanism: the findings share one underlying process, which points to the answer.",
+        "Mechanism: one process.",
+    ),
+    "background": (
+        "Background: questions like this test an established fact rather than an opinion.",
+        "Background: established fact.",
+    ),
+    "why": (
+        "Why: it is the only choice consistent with what is known.",
+        "Why: it alone fits.",
+    ),
+    "complexity": (
+        "Time complexity: roughly linear in the size of the input.",
+        "Time complexity: linear.",
+    ),
+    "edge_cases": (
+        "Edge cases: empty input, a single item and repeated values are all handled.",
+        "Edge cases: handled.",
+    ),
+    "common_mistake": (
+        "Common mistake: stopping at the first plausible option without checking the rest.",
+        "Common mistake: stopping early.",
+    ),
+    "checklist": (
+        "Checklist: the question, the method, the check and the answer.",
+        "Checklist: method, answer.",
+    ),
+    "takeaway": (
+        "Takeaway: the answer follows once every piece of the question is used.",
+        "Takeaway: use everything.",
+    ),
 }
+# Lines of the two-valued options of the conflict groups: option -> value -> (full, concise).
+_CHOICES = {
+    "tone": {
+        "formal": ("Good day. Please find my answer below.", "Good day."),
+        "casual": ("Hey there! Happy to help with this one.", "Hey there!"),
+    },
+    "examples": {
+        "worked": (
+            "Worked example: the same method on a smaller case gives a result that is easy "
+            "to check by hand.",
+            "Worked example: small case.",
+        ),
+    },
+    "analogy": {
+        "analogy": (
+            "Analogy: it is like following a recipe, where every ingredient has to be used "
+            "before the dish is done.",
+            "Analogy: recipe.",
+        ),
+        "technical": (
+            "In technical terms: the answer is the unique value consistent with every stated "
+            "constraint.",
+            "In technical terms: constrained.",
+        ),
+    },
+    "rigor": {
+        "proof": (
+            "Proof: each step follows from the previous one by a valid rule, so the result holds.",
+            "Proof: valid steps.",
+        ),
+        "intuition": (
+            "Intuition: the pieces of the problem only fit together one way, and that way is "
+            "the answer.",
+            "Intuition: one fit.",
+        ),
+    },
+    "correction": {
+        "blunt": (
+            "What went wrong: the usual failure is skipping a condition, which leads straight "
+            "to a wrong result.",
+            "What went wrong: skipped condition.",
+        ),
+        "gentle": (
+            "No worries: getting stuck here is normal, and you are closer than it feels.",
+            "No worries: close.",
+        ),
+    },
+    "decision": {
+        "recommend": (
+            "Recommendation: go with the final answer, since it is the only one that holds up.",
+            "Recommendation: this answer.",
+        ),
+        "options": (
+            "Options to weigh: the final answer is the strongest, but compare it with the "
+            "runner-up before you decide.",
+            "Options to weigh: two.",
+        ),
+    },
+}
+_BUILD_UP = ("Building up to the answer, which comes at the end.", "Building up to the answer.")
+_UP_FRONT = "Bottom line first."  # before the final-answer line, moved to the top
 _CODE = {
     "default": "result = solve(data)\nprint(result)",
     "snake": "final_result = solve(input_data)\nprint(final_result)",
     "camel": "finalResult = solve(inputData)\nprint(finalResult)",
 }
+_STUB = "def solve(data):\n    return data\n"  # the function shown when no task code is known
+_DOCSTRING = '"""Return the result the task asks for."""'
+_MAIN_GUARD = 'if __name__ == "__main__":\n    import doctest\n\n    doctest.testmod()'
 _CLOSINGS = {  # (full, concise)
     "default": ("Would you like another example?", "Want another example?"),
     "check": (
@@ -315,6 +456,8 @@ _CLOSINGS = {  # (full, concise)
     ),
     "statement": ("Let me know if anything is unclear.", "Hope that helps."),
 }
+# The default closing with "leave out examples" applied: still an offer phrased as a question.
+_CLOSING_NO_EXAMPLES = ("Would you like me to go over any part again?", "Anything to go over?")
 _KEY_TERMS = {
     "math": "equation, unknown, simplification.",
     "logic": "condition, option, contradiction.",
@@ -322,10 +465,57 @@ _KEY_TERMS = {
     "general": "definition, evidence, context.",
     "code": "function, input, output.",
 }
+_DEF = re.compile(r"(?m)^(?:async )?def (\w+)\(")
 
 
 def domain_of(context: frozenset[str]) -> str:
     return next((d for d in DOMAINS if d in context), "general")
+
+
+def with_docstrings(code: str) -> str:
+    """``code`` with a one-line docstring added to every function that lacks one."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    lines = code.split("\n")
+    inserts: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        if ast.get_docstring(node) is not None or node.body[0].lineno <= node.lineno:
+            continue  # already documented, or a one-line body on the def line
+        first = node.body[0]
+        start = min([first.lineno, *(d.lineno for d in getattr(first, "decorator_list", []))])
+        inserts.append((start - 1, " " * first.col_offset + _DOCSTRING))
+    for index, line in sorted(inserts, reverse=True):
+        lines.insert(index, line)
+    return "\n".join(lines)
+
+
+def code_blocks(options: dict[str, str], answer: str) -> list[str]:
+    """The fenced code of a reply in the code domain.
+
+    A task's solution (an answer that defines a function) comes first, as written, in its
+    own block, so ``grade_code`` runs exactly it; the usage lines that carry the naming
+    style follow in a second block that defines nothing. The docstring and main-guard
+    options edit the solution (or a ``solve`` stub when no task code is known).
+    """
+    found = _DEF.findall(answer)
+    name = found[-1] if found else "solve"
+    usage = _CODE[options.get("naming", "default")]
+    if name != "solve":
+        usage = usage.replace("solve(", f"{name}(")
+    solution = answer.strip("\n") if found else ""
+    if not solution and (options.get("docstring") == "on" or options.get("main_guard") == "on"):
+        solution = _STUB.strip("\n")
+    if not solution:
+        return ["```python\n" + usage + "\n```"]
+    if options.get("docstring") == "on":
+        solution = with_docstrings(solution)
+    if options.get("main_guard") == "on":
+        solution += "\n\n\n" + _MAIN_GUARD
+    return ["```python\n" + solution + "\n```", "```python\n" + usage + "\n```"]
 
 
 def render_reply(
@@ -335,7 +525,9 @@ def render_reply(
 
     Unset options take the agent's own defaults, chosen so that an unprompted reply meets
     few preferences: mid length, prose reasoning, a bold label but a plain answer, a
-    closing offer phrased as a question.
+    closing offer phrased as a question (that mentions an example), neutral tone, the
+    answer at the end with no announcement, no artefact lines. A code answer (a task's
+    solution, which defines a function) goes in a fenced Python block.
     """
     domain = domain_of(context)
     length = options.get("length", "default")
@@ -346,13 +538,30 @@ def render_reply(
     confidence = ("medium", "high")[int(rng.integers(2))]
 
     short = int(length == "concise")  # index of the concise variant
+    functions = _DEF.findall(answer)  # a code task's solution: name the function it defines
+    stated = f"the `{functions[-1]}` function in the code block" if functions else answer
+    if options.get("latex") == "on" and "$" not in stated:
+        stated = f"${stated}$"
 
     def line(option: str) -> list[str]:
         return [_LINES[option][short]] if options.get(option) == "on" else []
 
-    head = line("summary") + (["## Explanation"] if options.get("headers") == "on" else [])
+    def choice(option: str) -> list[str]:
+        picked = _CHOICES[option].get(options.get(option, ""))
+        return [picked[short]] if picked else []
+
+    head = line("summary") + choice("tone")
+    head += ["## Explanation"] if options.get("headers") == "on" else []
     if options.get("restate") == "on":
         head.append(_RESTATE[domain][short])
+    final = f"Final answer: {stated}"
+    if options.get("emphasis") == "bold":
+        final = f"**{final}**"
+    up_front = options.get("answer_position") == "first"
+    if up_front:
+        head.append(f"{_UP_FRONT} {final}")
+    elif options.get("answer_position") == "last":
+        head.append(_BUILD_UP[short])
 
     if steps == "result_only":
         lead = [opener]
@@ -361,12 +570,17 @@ def render_reply(
     else:
         lead = [opener, *_REASONING[domain]]
 
-    body: list[str] = []
+    points = _KEY_POINTS[domain][short]
+    body: list[str] = line("conditions") + line("formula")
     if steps == "derivation":
         n_steps = 5 if length == "detailed" else 3
-        body.append("\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(_STEPS[domain][:n_steps])))
+        texts = [f"{p.capitalize()}." for p in points] if short else _STEPS[domain][:n_steps]
+        body.append("\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(texts)))
+    if options.get("pace") == "parts":
+        body.append("\n".join(f"Part {i + 1}: {p}." for i, p in enumerate(points)))
+    elif options.get("pace") == "whole":
+        body.append(f"Whole solution: {points[0]}, {points[1]} and {points[2]}, in one pass.")
     label = "Key points:" if plain else "**Key points:**"
-    points = _KEY_POINTS[domain][short]
     style = options.get("list_style")
     if style == "bullets":
         body.append(label + "\n" + "\n".join(f"- {p}" for p in points))
@@ -374,29 +588,42 @@ def render_reply(
         body.append(label + "\n" + "\n".join(f"{i + 1}. {p}" for i, p in enumerate(points)))
     elif not short and steps != "result_only":
         body.append(f"{label} {points[0]}, {points[1]} and {points[2]}.")
+    listed = len(body) - 1 if style in ("bullets", "numbered") else None
     if "code" in context:
-        body.append("```python\n" + _CODE[options.get("naming", "default")] + "\n```")
+        body += code_blocks(options, answer)
+    body += line("complexity") + line("edge_cases")
+    body += choice("rigor") + choice("analogy") + choice("examples")
     body += line("assumptions") + line("ruled_out") + line("verify")
     if options.get("key_terms") == "on":
         body.append("Key terms: " + _KEY_TERMS[domain])
     if options.get("confidence") == "on":
         body.append(f"Confidence: {confidence}")
-    body += line("doctor")
+    body += line("doctor") + line("mechanism") + line("background") + line("why")
+    body += choice("correction") + line("common_mistake") + choice("decision")
+    body += line("checklist") + line("takeaway")
 
-    shown = f"${answer}$" if options.get("latex") == "on" and "$" not in answer else answer
-    final = f"Final answer: {shown}"
-    if options.get("emphasis") == "bold":
-        final = f"**{final}**"
-    tail = (["## Answer"] if options.get("headers") == "on" else []) + [final]
-    tail.append(_CLOSINGS[options.get("closing", "default")][short])
+    tail = [] if up_front else (["## Answer"] if options.get("headers") == "on" else []) + [final]
+    closing = options.get("closing", "default")
+    if closing == "default" and options.get("examples") == "none":
+        tail.append(_CLOSING_NO_EXAMPLES[short])
+    else:
+        tail.append(_CLOSINGS[closing][short])
 
     def compose(n_background: int) -> str:
         extra = [background[i % len(background)] for i in range(n_background)]
         paragraph = " ".join([*lead, *extra])
-        return "\n\n".join([*head, paragraph, *body, *tail])
+        return "\n\n".join([*head, *([paragraph] if paragraph else []), *body, *tail])
 
     if short:
-        return compose(0)
+        text = compose(0)
+        # Many artefacts and a long answer: the prose sentence goes, then the list's label.
+        if word_count(text) > CONCISE_MAX and (head or body):
+            lead = []
+            text = compose(0)
+        if word_count(text) > CONCISE_MAX and listed is not None:
+            body[listed] = body[listed].split("\n", 1)[1]
+            text = compose(0)
+        return text
     floor = _DETAILED_TARGET if length == "detailed" else _DEFAULT_MIN_WORDS
     n = 0
     text = compose(n)

@@ -95,8 +95,13 @@ def conflict_groups() -> dict[str, tuple[CatalogEntry, CatalogEntry]]:
     return {g: (sides[0], sides[1]) for g, sides in groups.items()}
 
 
+_FENCED = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+
+
 def word_count(text: str) -> int:
-    return len(text.split())
+    """Words of prose: fenced code blocks do not count, so a length preference ("under 100
+    words") can be met by a reply that carries a whole program."""
+    return len(_FENCED.sub(" ", text).split())
 
 
 def check(verifier: Verifier, text: str) -> bool:

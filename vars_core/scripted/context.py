@@ -7,7 +7,7 @@ blank line, so words inside a problem never count as cues):
 
 - "any": always present, for unconditional preferences;
 - one domain feature: "math", "logic", "medical", "general", "code";
-- cue features: "quick", "explain", "exam", "notes".
+- cue features: "quick", "explain", "exam", "notes", "beginner", "work", "team", "stuck".
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ CUE_PHRASES: dict[str, str] = {
     "explain": "Please explain your reasoning.",
     "exam": "I'm preparing for an exam.",
     "notes": "This is going into my notes.",
+    "beginner": "I'm new to this topic.",
+    "work": "This is for a report at work.",
+    "team": "I'll share this with my team.",
+    "stuck": "I tried this myself and got stuck.",
 }
 
 # problem-set name -> domain feature
@@ -52,6 +56,10 @@ _MARKERS: dict[str, tuple[str, ...]] = {
     "explain": ("explain your reasoning", "explain the reasoning"),
     "exam": ("preparing for an exam", "exam prep"),
     "notes": ("going into my notes", "for my notes"),
+    "beginner": ("new to this topic", "new to this subject", "i'm a beginner", "i am a beginner"),
+    "work": ("report at work", "for a work report"),
+    "team": ("share this with my team", "for my team"),
+    "stuck": ("got stuck", "i'm stuck", "i am stuck"),
 }
 
 DOMAINS: tuple[str, ...] = tuple(DOMAIN_PHRASES)
