@@ -45,6 +45,11 @@ class MethodSummary(msgspec.Struct, frozen=True):
     compliance_mean: Interval
     conflict_accuracy: Interval
     successes_per_1k_user_tokens: Interval
+    agent_tokens_mean: Interval
+    total_tokens_mean: Interval
+    over_personalization_rate: Interval  # of rated agent replies
+    repetition_rate: Interval  # of adjacent agent reply pairs
+    simulator_fallbacks: int
 
 
 class IndexSummary(msgspec.Struct, frozen=True):
@@ -170,6 +175,13 @@ def summarize_method(method: str, records: list[SessionRecord]) -> MethodSummary
         successes_per_1k_user_tokens=_ci(
             done, lambda r: float(r.success), lambda r: r.user_tokens, scale=1000.0
         ),
+        agent_tokens_mean=_ci(done, lambda r: r.agent_tokens),
+        total_tokens_mean=_ci(done, lambda r: r.user_tokens + r.agent_tokens),
+        over_personalization_rate=_ci(
+            done, lambda r: r.over_personalized_turns, lambda r: r.rated_turns
+        ),
+        repetition_rate=_ci(done, lambda r: r.repetitions, lambda r: max(0, r.turns - 1)),
+        simulator_fallbacks=sum(r.simulator_fallbacks for r in done),
     )
 
 
@@ -301,8 +313,9 @@ def render_markdown(report: CampaignReport, plots: dict[str, str]) -> str:
         f"Values are point estimates with 95% confidence intervals [lo, hi] from a percentile "
         f"bootstrap over profiles ({report.reps} resamples, seed {report.seed}); the profile "
         "is the resampling unit because sessions of one lane are dependent. Failed sessions "
-        "are counted but excluded from every statistic. Conflict accuracy pools probes "
-        "(sum correct / sum probes) and is n/a without probes.",
+        "are counted but excluded from every statistic. Conflict accuracy is read on the "
+        "first reply of each conflict probe, pools probes (sum correct / sum probes) and is "
+        "n/a without probes.",
         "",
         "## Per method",
         "",
@@ -332,6 +345,33 @@ def render_markdown(report: CampaignReport, plots: dict[str, str]) -> str:
                 _fmt(s.compliance_mean),
                 f"{_fmt(s.conflict_accuracy)} ({s.conflict_probes})",
                 _fmt(s.successes_per_1k_user_tokens),
+            ]
+            for s in report.methods
+        ],
+    )
+    lines += [
+        "Tokens, over-personalization (rated agent replies that apply a preference whose "
+        "condition does not hold) and repetition (adjacent agent replies with a "
+        "SequenceMatcher ratio above 0.85):",
+        "",
+    ]
+    lines += _table(
+        [
+            "method",
+            "agent tokens",
+            "total tokens",
+            "over-personalization",
+            "repetition",
+            "simulator fallbacks",
+        ],
+        [
+            [
+                f"`{s.method}`",
+                _fmt(s.agent_tokens_mean, 1),
+                _fmt(s.total_tokens_mean, 1),
+                _fmt(s.over_personalization_rate),
+                _fmt(s.repetition_rate),
+                str(s.simulator_fallbacks),
             ]
             for s in report.methods
         ],

@@ -166,6 +166,12 @@ class SimulatorTurn(msgspec.Struct, frozen=True):
     timeout: bool = False
     conflict_probe: bool = False
     conflict_correct: list[bool] = []  # per conflict group both sides of which applied
+    over_personalized: list[str] = []  # pref_ids applied although their condition fails
+    # On the turn that ends the session: whether the answer the user takes away (its
+    # draft answer, or the reply's code) solves the problem, graded, timeout or not.
+    solved: bool = False
+    # Why a model simulator's turn was replaced by the fallback ("" when it was not).
+    fallback: str = ""
 
 
 class AgentReply(msgspec.Struct, frozen=True):
@@ -232,8 +238,14 @@ class SessionRecord(msgspec.Struct):
     agent_tokens: int = 0
     applicable_pairs: int = 0  # (applicable preference, agent turn) pairs
     satisfied_pairs: int = 0
+    # Conflict resolution is read on the first reply of a probe, before the user has said
+    # anything in this session: later replies follow the user's restatement, not memory.
     conflict_probes: int = 0
     conflict_correct: int = 0
+    rated_turns: int = 0  # agent replies the user rated
+    over_personalized_turns: int = 0  # of those, replies applying an inapplicable preference
+    repetitions: int = 0  # adjacent agent replies with SequenceMatcher ratio > 0.85
+    simulator_fallbacks: int = 0  # simulator turns replaced by the fallback
     rewards: list[float] = []
     updates_applied: int = 0
     status: str = "done"  # done | failed

@@ -35,10 +35,10 @@ _TRAITS = (
 )
 
 
-# Preferences per generated profile. With the whole catalog, about six preferences apply
-# to a typical request, more than the k = 5 cards a retrieval method may put in a prompt;
-# twelve gives about three, the regime the benchmark is meant to probe.
-DEFAULT_PREFS_PER_PROFILE = 12
+# Preferences per generated profile (DESIGN §5: ~40). Conditions are spread over domains
+# and cues, so about eight of them hold for a typical request: more than the k = 5 cards
+# a retrieval method may put in a prompt, which is the regime the benchmark probes.
+DEFAULT_PREFS_PER_PROFILE = 40
 
 
 def generate_profiles(

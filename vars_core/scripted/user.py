@@ -12,17 +12,18 @@ preferences that apply, and says one of three things:
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import msgspec
 import numpy as np
 from msgspec.structs import replace
 
+from vars_core.grading import grade
 from vars_core.notes import format_note
-from vars_core.problems import answers_match
-from vars_core.scripted.catalog import check
 from vars_core.scripted.context import ANY, CUES, context_of, domain_feature, request_header
-from vars_core.scripted.profiles import applicable_preferences, trigger_of, triggered_conflicts
+from vars_core.scripted.profiles import trigger_of, triggered_conflicts
+from vars_core.scripted.rating import rate_reply
 from vars_core.types import Message, Preference, Problem, Profile, SimulatorTurn
 
 ENFORCE_PREFIX = "As I mentioned before: "
@@ -42,6 +43,10 @@ class ScriptedUserParams(msgspec.Struct, frozen=True):
     # Share of other openings that carry one cue ("Quick question:", ...) that triggers no
     # conflict, so cue-conditioned preferences are exercised outside probes too.
     cue_rate: float = 0.3
+    # Conflict groups a user's probes come from (0: all of them). A person meets the same
+    # tensions again and again ("quick question" vs wanting detail), and a conflict met only
+    # once in a campaign is a coin flip no learner could call; see profile_focus().
+    probe_focus: int = 2
 
 
 def opening_message(
@@ -59,7 +64,7 @@ def opening_message(
     pick_group, pick_cue = rng.random(), rng.random()
     cues: list[str] = []
     if u_probe < params.conflict_probe_rate:
-        options = _probe_cue_sets(profile, domain)
+        options = _probe_cue_sets(profile, domain, params.probe_focus)
         if options:
             cues = options[int(pick_group * len(options))]
     if not cues and u_cue < params.cue_rate:
@@ -74,22 +79,37 @@ def _ctx(domain: str, cues: list[str]) -> frozenset[str]:
     return frozenset({ANY, domain, *cues})
 
 
-def _probe_cue_sets(profile: Profile, domain: str) -> list[list[str]]:
+def _probe_cue_sets(profile: Profile, domain: str, focus: int = 0) -> list[list[str]]:
     """For each conflict group the profile holds both sides of and the domain allows, the
-    cues that make both sides hold (in profile order, one entry per group)."""
+    cues that make both sides hold (one entry per group, in profile order); only the
+    profile's focus groups when any of them is possible in this domain."""
     groups: dict[str, list[Preference]] = {}
     for p in profile.preferences:
         if p.conflict_group:
             groups.setdefault(p.conflict_group, []).append(p)
-    sets: list[list[str]] = []
-    for sides in groups.values():
+    focused = set(profile_focus(profile, focus)) if focus > 0 else set(groups)
+    sets: dict[str, list[str]] = {}
+    for group, sides in groups.items():
         if len(sides) < 2:
             continue
         triggers = {trigger_of(p) for p in sides[:2]}
         if any(t not in CUES and t not in (ANY, domain) for t in triggers):
             continue  # one side needs another domain
-        sets.append(sorted(t for t in triggers if t in CUES))
-    return sets
+        sets[group] = sorted(t for t in triggers if t in CUES)
+    preferred = [cues for group, cues in sets.items() if group in focused]
+    return preferred or list(sets.values())
+
+
+def profile_focus(profile: Profile, focus: int) -> list[str]:
+    """The ``focus`` conflict groups (of those it holds both sides of) a user's probes come
+    from: a fixed draw per profile id, so every method and seed meets the same ones."""
+    counts: dict[str, int] = {}
+    for p in profile.preferences:
+        if p.conflict_group:
+            counts[p.conflict_group] = counts.get(p.conflict_group, 0) + 1
+    held = [g for g, n in counts.items() if n >= 2]
+    ranked = sorted(held, key=lambda g: hashlib.sha256(f"{profile.profile_id}|{g}".encode()).digest())
+    return ranked[:focus]
 
 
 def final_answer(reply: str) -> str:
@@ -108,10 +128,6 @@ def enforcement(pref: Preference) -> str:
     """The enforcement sentence: the note form after "As I mentioned before: "."""
     note = format_note(pref.condition, pref.action)
     return ENFORCE_PREFIX + note[0].lower() + note[1:]
-
-
-def _passes(pref: Preference, reply: str) -> bool:
-    return pref.verifier is not None and check(pref.verifier, reply)
 
 
 def simulate_turn(
@@ -134,33 +150,30 @@ def simulate_turn(
             conflict_probe=bool(triggered_conflicts(profile, context)),
         )
     reply = next((m.content for m in reversed(history) if m.role == "assistant"), "")
-    # Only preferences with a verifier can be judged (imported profiles may lack them).
-    applicable = [p for p in applicable_preferences(profile, context) if p.verifier is not None]
-    satisfied = {p.pref_id: _passes(p, reply) for p in applicable}
-    conflicts = [
-        (w, lo) for w, lo in triggered_conflicts(profile, context) if w.verifier and lo.verifier
-    ]
-    # Right side of a conflict: the winner's verifier passes and the loser's fails.
-    conflict_correct = [_passes(w, reply) and not _passes(lo, reply) for w, lo in conflicts]
+    rating = rate_reply(profile, opening, reply)
+    satisfied = rating.satisfied
     draft = final_answer(reply)
     rated = SimulatorTurn(
         message="",
         terminate=False,
         satisfied=satisfied,
         draft_answer=draft,
-        conflict_probe=bool(conflicts),
-        conflict_correct=conflict_correct,
+        conflict_probe=bool(rating.conflict_correct),
+        conflict_correct=rating.conflict_correct,
+        over_personalized=rating.over_personalized,
     )
     if turn > max_turns:
-        return replace(rated, terminate=True, timeout=True)
+        solved = grade(problem, reply, draft).success
+        return replace(rated, terminate=True, timeout=True, solved=solved)
 
-    violated = [p for p in applicable if not satisfied[p.pref_id]]
+    by_id = {p.pref_id: p for p in profile.preferences}
+    violated = [by_id[pid] for pid, ok in satisfied.items() if not ok]
     if violated:
         k = min(max(1, params.max_enforce_per_turn), len(violated))
         picked = sorted(rng.choice(len(violated), size=k, replace=False))
         restated = [violated[int(i)] for i in picked]
         message = " ".join(enforcement(p) for p in restated) + " Please revise your answer."
         return replace(rated, message=message, enforced=[p.pref_id for p in restated])
-    if not answers_match(problem.domain, draft, problem.answer):
+    if not grade(problem, reply, draft).success:
         return replace(rated, message=CORRECTION)
-    return replace(rated, message=PRAISE, terminate=True)
+    return replace(rated, message=PRAISE, terminate=True, solved=True)

@@ -8,6 +8,7 @@ from vars_core.engine import Engine
 from vars_core.rng import rng_for
 from vars_core.scripted.user import opening_message
 from vars_core.session_memory import history_tokens, reflect, summarize
+from vars_core.session_metrics import is_repetition
 from vars_core.stages.context import StageContext, world_key
 from vars_core.store import StateStore
 from vars_core.store.backend import Op
@@ -61,14 +62,19 @@ def session_record(ctx: StageContext) -> SessionRecord:
         problem_id=session.problem.problem_id,
         domain=session.problem.domain,
     )
-    turn = 1
+    turn, replies = 1, []
     while (sim := store.stage_output(sid, turn, "simulate", SimulatorTurn)) is not None:
         record.user_tokens += count_tokens(sim.message)
         record.enforcements += len(sim.enforced)
         record.applicable_pairs += len(sim.satisfied)
         record.satisfied_pairs += sum(sim.satisfied.values())
-        record.conflict_probes += len(sim.conflict_correct)
-        record.conflict_correct += sum(sim.conflict_correct)
+        if turn == 2:  # the rating of the first reply
+            record.conflict_probes += len(sim.conflict_correct)
+            record.conflict_correct += sum(sim.conflict_correct)
+        if turn >= 2:
+            record.rated_turns += 1
+            record.over_personalized_turns += bool(sim.over_personalized)
+        record.simulator_fallbacks += bool(sim.fallback)
         judge = store.stage_output(sid, turn, "judge", JudgeResult)
         if judge is not None and judge.apply:
             record.rewards.append(judge.reward)
@@ -77,12 +83,15 @@ def session_record(ctx: StageContext) -> SessionRecord:
             record.updates_applied += 1
         if sim.terminate:
             record.timeout = sim.timeout
-            record.success = not sim.timeout
+            record.success = sim.solved
             break
         generated = store.stage_output(sid, turn, "generate", GenerateResult)
         if generated is not None:
             record.turns += 1
             record.agent_tokens += generated.reply.usage.completion_tokens
+            if replies and is_repetition(replies[-1], generated.reply.content):
+                record.repetitions += 1
+            replies.append(generated.reply.content)
         turn += 1
     return record
 
