@@ -113,8 +113,15 @@ def active_note_embeddings(
     cards: Mapping[str, Card], embeddings: Mapping[str, CardEmbedding]
 ) -> dict[str, np.ndarray]:
     """Note embeddings of the cards that are not superseded (what an index should hold)."""
+    return active_embeddings(cards, embeddings, "note")
+
+
+def active_embeddings(
+    cards: Mapping[str, Card], embeddings: Mapping[str, CardEmbedding], match_on: str
+) -> dict[str, np.ndarray]:
+    """The ``match_on`` ("note" or "condition") embeddings of the cards not superseded."""
     return {
-        cid: np.asarray(embeddings[cid].note, dtype=np.float32)
+        cid: np.asarray(getattr(embeddings[cid], match_on), dtype=np.float32)
         for cid, card in cards.items()
         if card.superseded_by is None and cid in embeddings
     }
