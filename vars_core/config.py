@@ -18,6 +18,9 @@ class ConfigError(ValueError):
 
 class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     top_k_dense: int = 64  # FAISS candidates per query
+    # What the query is matched against: a card's condition ("when ...") decides whether it
+    # applies to a request; its action text only adds noise to that match.
+    match_on: Literal["condition", "note"] = "condition"
     list_size: int = 5  # k cards in the prompt
     tau: float = 1.0
     beta_long: float = 2.0
@@ -41,7 +44,13 @@ class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One LLM role. kind: "scripted" (no model) or "openai" (any OpenAI-compatible
-    server: vLLM, llama.cpp, OpenAI)."""
+    server: vLLM, llama.cpp, OpenAI).
+
+    schema_format: how a JSON schema (constrained output) is sent. "json_schema" is the
+    OpenAI form (vLLM, OpenAI, llama.cpp's C++ server); llama-cpp-python's server enforces
+    only "json_object" (``{"type": "json_object", "schema": ...}``) and silently ignores
+    the other form.
+    """
 
     kind: Literal["scripted", "openai"] = "scripted"
     base_url: str = ""
@@ -52,6 +61,7 @@ class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_retries: int = 4
     max_tokens: int = 512
     temperature: float = 0.0
+    schema_format: Literal["json_schema", "json_object"] = "json_schema"
 
 
 class EmbedderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -87,6 +97,16 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     extractor: Literal["rules", "llm"] = "rules"
     extractor_llm: LLMConfig = LLMConfig()
     extractor_window: int = 4  # turns an LLM extractor reads
+    # The simulated user of campaigns: "scripted" (deterministic, catalog verifiers) or
+    # "llm" (the MultiSessionCollab protocol, played by simulator_llm; its max_tokens and
+    # temperature apply). Turn 1 is the harness-built opening for both.
+    simulator: Literal["scripted", "llm"] = "scripted"
+    simulator_llm: LLMConfig = LLMConfig()
+    # The LLM answer judge for free-form problems (vars_core.grading): answer_judge_llm
+    # when its kind is "openai", else judge_llm when judge = "llm" and judge_llm is an
+    # openai backend, else none (free-form answers are compared as text). A scripted LLM
+    # cannot judge answers, so kind "scripted" means "not configured".
+    answer_judge_llm: LLMConfig = LLMConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     reranker: RerankerConfig = RerankerConfig()
     method: str = "rag_vector"  # the live method when a caller names none

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import msgspec
+import numpy as np
 
+from vars_core.backend_stats import BackendStats
 from vars_core.config import EngineConfig, LLMConfig
 from vars_core.embedder import Embedder, default_embedder
 from vars_core.extractor import rule_extract
@@ -22,11 +24,26 @@ from vars_core.judge import keyword_judge
 from vars_core.projection import Projection, random_projection
 from vars_core.retrieval import IndexCache
 from vars_core.scripted.agent import ScriptedAgentParams
-from vars_core.scripted.user import ScriptedUserParams
-from vars_core.types import ExtractedPreference, JudgeResult, Message
+from vars_core.scripted.user import ScriptedUserParams, simulate_turn
+from vars_core.types import (
+    ExtractedPreference,
+    JudgeResult,
+    Message,
+    Problem,
+    Profile,
+    SimulatorTurn,
+)
 
 JudgeFn = Callable[[str, str, str], JudgeResult]
 ExtractFn = Callable[[list[Message]], list[ExtractedPreference]]
+# (question, reference answer, candidate answer) -> correct? (vars_core.grading.AnswerJudge)
+AnswerJudgeFn = Callable[[str, str, str], bool]
+# (profile, problem, opening, history, turn, max_turns, rng) -> the user's turn
+SimulatorFn = Callable[
+    [Profile, Problem, str, list[Message], int, int, np.random.Generator], SimulatorTurn
+]
+# Roles whose components keep BackendStats counters (calls, repairs, fallbacks, errors).
+STATS_ROLES = ("judge", "extractor", "simulator", "answer_judge")
 
 
 def make_role_llm(cfg: LLMConfig, role: str) -> Any:
@@ -46,6 +63,7 @@ def make_role_llm(cfg: LLMConfig, role: str) -> Any:
         max_concurrency=cfg.max_concurrency,
         timeout_s=cfg.timeout_s,
         max_retries=cfg.max_retries,
+        schema_format=cfg.schema_format,
         name=role,
     )
 
@@ -64,6 +82,12 @@ class Engine:
         self.agent_params = agent_params or ScriptedAgentParams()
         self.index_cache = IndexCache()
         self._lock = threading.Lock()
+        # One counter set per LLM-backed role, shared by every component of that role
+        # this engine builds; read them with ``backend_stats()``.
+        self.stats: dict[str, BackendStats] = {role: BackendStats() for role in STATS_ROLES}
+
+    def backend_stats(self) -> dict[str, dict[str, int]]:
+        return {role: stats.snapshot() for role, stats in self.stats.items()}
 
     # models ---------------------------------------------------------------------
     @property
@@ -127,7 +151,7 @@ class Engine:
             return keyword_judge
         from vars_core.llm_judge import LLMJudge
 
-        return LLMJudge(make_role_llm(self.config.judge_llm, "judge")).judge
+        return LLMJudge(make_role_llm(self.config.judge_llm, "judge"), stats=self.stats["judge"]).judge
 
     @cached_property
     def extract(self) -> ExtractFn:
@@ -136,6 +160,39 @@ class Engine:
         from vars_core.llm_extractor import LLMExtractor
 
         return LLMExtractor(
-            make_role_llm(self.config.extractor_llm, "extractor"), window=self.config.extractor_window
+            make_role_llm(self.config.extractor_llm, "extractor"),
+            window=self.config.extractor_window,
+            stats=self.stats["extractor"],
         ).extract
+
+    @cached_property
+    def answer_judge(self) -> AnswerJudgeFn | None:
+        """The LLM answer judge for free-form problems, or None when no openai backend is
+        configured for it (see ``EngineConfig.answer_judge_llm``)."""
+        cfg = self.config.answer_judge_llm
+        if cfg.kind != "openai":
+            cfg = self.config.judge_llm
+            if self.config.judge != "llm" or cfg.kind != "openai":
+                return None
+        from vars_core.answer_judge import LLMAnswerJudge
+
+        return LLMAnswerJudge(make_role_llm(cfg, "answer_judge"), stats=self.stats["answer_judge"])
+
+    @cached_property
+    def simulator(self) -> SimulatorFn:
+        """The simulated user of campaigns: the scripted rule, or ``LLMUser`` (an object
+        with ``stats`` and ``examples``) when ``simulator = "llm"``."""
+        if self.config.simulator == "scripted":
+            return partial(simulate_turn, params=self.user_params)
+        from vars_core.llm_user import LLMUser
+
+        cfg = self.config.simulator_llm
+        return LLMUser(
+            make_role_llm(cfg, "simulator"),
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            params=self.user_params,
+            answer_judge=self.answer_judge,
+            stats=self.stats["simulator"],
+        )
 

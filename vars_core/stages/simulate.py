@@ -1,8 +1,12 @@
-"""simulate: the simulated user reads the agent's last reply and says its next message."""
+"""simulate: the simulated user reads the agent's last reply and says its next message.
+
+Turn 1 is the opening decided at session start (the same for both kinds of simulated
+user); from turn 2 on the engine's simulator speaks: the scripted rule or the LLM user,
+as configured (``EngineConfig.simulator``).
+"""
 
 from __future__ import annotations
 
-from vars_core.scripted.user import simulate_turn
 from vars_core.stages.context import StageContext
 from vars_core.types import Message, SimulatorTurn
 
@@ -12,7 +16,7 @@ def handle(ctx: StageContext) -> None:
     if ctx.turn == 1:
         result = SimulatorTurn(message=session.opening, terminate=False, conflict_probe=session.conflict_probe)
     else:
-        result = simulate_turn(
+        result = ctx.engine.simulator(
             ctx.profile,
             session.problem,
             session.opening,
@@ -20,7 +24,6 @@ def handle(ctx: StageContext) -> None:
             ctx.turn,
             session.max_turns,
             ctx.rng("simulate"),
-            ctx.engine.user_params,
         )
     ops = [ctx.output_op("simulate", result)]
     if result.message:
