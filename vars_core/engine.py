@@ -183,7 +183,7 @@ class Engine:
         """The simulated user of campaigns: the scripted rule, or ``LLMUser`` (an object
         with ``stats`` and ``examples``) when ``simulator = "llm"``."""
         if self.config.simulator == "scripted":
-            return partial(simulate_turn, params=self.user_params)
+            return partial(simulate_turn, params=self.user_params, answer_judge=self.answer_judge)
         from vars_core.llm_user import LLMUser
 
         cfg = self.config.simulator_llm

@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 from msgspec.structs import replace
 
-from vars_core.grading import grade
+from vars_core.grading import AnswerJudge, grade
 from vars_core.notes import format_note
 from vars_core.scripted.context import ANY, CUES, context_of, domain_feature, request_header
 from vars_core.scripted.profiles import trigger_of, triggered_conflicts
@@ -139,9 +139,10 @@ def simulate_turn(
     max_turns: int,
     rng: np.random.Generator,
     params: ScriptedUserParams,
+    answer_judge: AnswerJudge | None = None,
 ) -> SimulatorTurn:
     """The user's message at ``turn``; for turn > 1 it rates the last message of ``history``
-    (the agent's reply) first."""
+    (the agent's reply) first. ``answer_judge`` grades free-form answers (else by text)."""
     context = context_of(opening)
     if turn <= 1:
         return SimulatorTurn(
@@ -163,7 +164,7 @@ def simulate_turn(
         over_personalized=rating.over_personalized,
     )
     if turn > max_turns:
-        solved = grade(problem, reply, draft).success
+        solved = grade(problem, reply, draft, answer_judge).success
         return replace(rated, terminate=True, timeout=True, solved=solved)
 
     by_id = {p.pref_id: p for p in profile.preferences}
@@ -174,6 +175,6 @@ def simulate_turn(
         restated = [violated[int(i)] for i in picked]
         message = " ".join(enforcement(p) for p in restated) + " Please revise your answer."
         return replace(rated, message=message, enforced=[p.pref_id for p in restated])
-    if not grade(problem, reply, draft).success:
+    if not grade(problem, reply, draft, answer_judge).success:
         return replace(rated, message=CORRECTION)
     return replace(rated, message=PRAISE, terminate=True, solved=True)
