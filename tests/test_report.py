@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from scheduler.report import ReportError, build_report, report_json, write_report
-from scheduler.stats import ratio_ci, sign_flip_p
+from scheduler.stats import ratio_ci, ratio_diff_ci, sign_flip_p
 from vars_core.types import SessionRecord
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,3 +276,17 @@ def test_end_to_end_in_process_campaign_through_the_cli(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (results / "report.md").exists()
     assert (results / "report_conflict_accuracy.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_paired_ratio_difference_interval():
+    correct_a, probes = [3, 4, 5, 4, 3, 5, 4, 4], [5] * 8
+    correct_b = [1, 2, 1, 2, 1, 1, 2, 2]
+    diff = ratio_diff_ci(correct_a, probes, correct_b, probes, reps=2000, seed=1)
+    assert diff.value == pytest.approx(sum(correct_a) / 40 - sum(correct_b) / 40)
+    assert 0 < diff.lo <= diff.value <= diff.hi
+    same = ratio_diff_ci(correct_a, probes, correct_a, probes, reps=500, seed=1)
+    assert (same.value, same.lo, same.hi) == (0.0, 0.0, 0.0)
+    # A coin-flip difference on few profiles straddles zero.
+    noisy = ratio_diff_ci([1, 0, 1, 0], [1, 1, 1, 1], [0, 1, 0, 1], [1, 1, 1, 1], reps=2000, seed=1)
+    assert noisy.lo < 0 < noisy.hi
+    assert ratio_diff_ci([], [], [], []).value is None
