@@ -21,6 +21,7 @@ from vars_core.campaign import (
     first_sessions,
     load_plan,
     progress,
+    register_campaign,
     save_plan,
 )
 from vars_core.engine import Engine
@@ -57,6 +58,7 @@ def launch(app: Celery, engine: Engine, store: StateStore, spec: CampaignSpec) -
     store.backend.apply(
         [Op("set", store.keys.campaign(plan.campaign_id, "spec"), value=msgspec.json.encode(spec))]
     )
+    register_campaign(store, plan.campaign_id)  # after the plan: a listed id always has one
     sessions = first_sessions(engine, store, plan)
     publish_many(app, [StageTask(s.session_id, 1, "simulate", "campaign") for s in sessions])
     return plan
@@ -72,10 +74,15 @@ def write_campaign_json(results: Path, store: StateStore, plan: CampaignPlan) ->
     (results / "campaign.json").write_bytes(msgspec.json.format(msgspec.json.encode(document)))
 
 
-def record_line(record: SessionRecord) -> bytes:
+def record_dict(record: SessionRecord) -> dict:
+    """A session record as `sessions.jsonl` and `vars campaign export` write it."""
     data = msgspec.to_builtins(record)
     data["compliance"] = record.compliance
-    return msgspec.json.encode(data) + b"\n"
+    return data
+
+
+def record_line(record: SessionRecord) -> bytes:
+    return msgspec.json.encode(record_dict(record)) + b"\n"
 
 
 def follow(

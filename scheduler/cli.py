@@ -76,17 +76,146 @@ def _run_campaign(spec, local: bool, results: Path, concurrency: int) -> tuple[s
     return go(url, None)
 
 
+def _store(url: str | None = None):
+    """The StateStore on the pipeline's Redis: ``REDIS_URL``, or the embedded one."""
+    from scheduler.embedded_redis import resolve_redis_url
+    from vars_core.store import StateStore
+    from vars_core.store.connect import connect
+    from vars_core.store.redis_backend import RedisBackend
+
+    if url is None:
+        url, _ = resolve_redis_url(local=False)
+    return StateStore(RedisBackend(connect(url)))
+
+
+def _launch_detached(spec) -> str:
+    from scheduler.campaigns import launch
+    from scheduler.embedded_redis import resolve_redis_url
+    from vars_core.config import config_from_env
+    from vars_core.engine import Engine
+
+    url, _ = resolve_redis_url(local=False)
+    os.environ["REDIS_URL"] = url
+    from workers.app import make_app
+
+    plan = launch(make_app(url), Engine(config_from_env()), _store(url), spec)
+    return plan.campaign_id
+
+
 def cmd_campaign_run(args: argparse.Namespace) -> int:
     from scheduler.spec import SpecError, load_spec
 
+    if args.detach and args.local:
+        print(
+            "error: --detach cannot be used with --local: a detached campaign needs workers that "
+            "outlive this command; start them with `vars up` (or `vars worker`), then run with --detach",
+            file=sys.stderr,
+        )
+        return 2
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.detach:
+        print(_launch_detached(spec), flush=True)
+        return 0
     campaign_id, records = _run_campaign(spec, args.local, Path(args.results), args.concurrency)
     failed = sum(r.status == "failed" for r in records)
     print(f"campaign {campaign_id}: {len(records)} sessions ({failed} failed); results in {Path(args.results) / campaign_id}")
+    return 0
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def cmd_campaign_status(args: argparse.Namespace) -> int:
+    import json
+
+    from scheduler.status import UnknownCampaign, campaign_status
+
+    try:
+        status = campaign_status(_store(), args.campaign)
+    except UnknownCampaign as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+        return 0
+    print(f"campaign {status.campaign_id} ({status.state})")
+    width = max(len("total"), *(len(m) for m in status.methods))
+    print(f"  {'method':<{width}}  {'done':>6} {'running':>7} {'failed':>6} {'total':>6}")
+    rows = [(m, c.done, c.running, c.failed, c.total) for m, c in status.methods.items()]
+    rows.append(("total", status.done, status.running, status.failed, status.total))
+    for name, done, running, failed, total in rows:
+        print(f"  {name:<{width}}  {done:>6} {running:>7} {failed:>6} {total:>6}")
+    if status.sessions_per_hr is None:
+        print("rate: unknown (no launch time recorded)")
+    else:
+        print(f"rate: {status.sessions_per_hr:.0f} sessions/hr since launch")
+    if status.state == "finished":
+        print("eta: finished")
+    elif status.eta_s is None:
+        print("eta: unknown until a session finishes")
+    else:
+        print(f"eta: {_fmt_duration(status.eta_s)}")
+    return 0
+
+
+def cmd_campaign_list(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime
+
+    from scheduler.status import list_campaigns
+
+    campaigns = list_campaigns(_store())
+    if args.json:
+        print(json.dumps([c.to_json() for c in campaigns], indent=2))
+        return 0
+    if not campaigns:
+        print("no campaigns")
+        return 0
+    for c in campaigns:
+        launched = datetime.fromtimestamp(c.launched_at).strftime("%Y-%m-%d %H:%M")
+        print(
+            f"{c.campaign_id}  {c.name}  {','.join(c.methods)}  {c.done}/{c.total} done  "
+            f"{c.failed} failed  {c.state}  (launched {launched})"
+        )
+    return 0
+
+
+def cmd_campaign_export(args: argparse.Namespace) -> int:
+    from scheduler.status import (
+        ExportError,
+        UnknownCampaign,
+        campaign_records,
+        write_jsonl,
+        write_parquet,
+    )
+
+    if args.format == "parquet" and not args.out:
+        print("error: --format parquet needs --out PATH", file=sys.stderr)
+        return 2
+    try:
+        records = campaign_records(_store(), args.campaign)
+        if args.format == "parquet":
+            write_parquet(records, Path(args.out))
+        elif args.out:
+            with open(args.out, "wb") as out:
+                write_jsonl(records, out)
+        else:
+            write_jsonl(records, sys.stdout.buffer)
+    except (UnknownCampaign, ExportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        print(f"{len(records)} sessions -> {args.out}", file=sys.stderr)
     return 0
 
 
@@ -158,7 +287,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", help="start Redis (embedded unless REDIS_URL) and workers here")
     run.add_argument("--results", default="results", help="results directory (default: ./results)")
     run.add_argument("--concurrency", type=int, default=2, help="threads per local worker")
+    run.add_argument(
+        "--detach", action="store_true",
+        help="print the campaign id and return at once (workers from `vars up` run it; not with --local)",
+    )
     run.set_defaults(func=cmd_campaign_run)
+    status = campaign_sub.add_parser(
+        "status",
+        help="sessions done/running/failed per method, rate and ETA of one campaign",
+        description=(
+            "Progress of one campaign, read from Redis. A lane is one profile x method; its "
+            "sessions run in order. done/failed: finished sessions, by their record's status. "
+            "running: lanes whose next session has started (stored and enqueued) but not "
+            "ended, at most one per lane. pending = total - done - failed - running. "
+            "Rate: finished sessions per hour since launch; ETA: the rest at that rate."
+        ),
+    )
+    status.add_argument("campaign", help="a campaign id")
+    status.add_argument("--json", action="store_true", help="print the counts as JSON")
+    status.set_defaults(func=cmd_campaign_status)
+    listing = campaign_sub.add_parser("list", help="every launched campaign, newest first")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    listing.set_defaults(func=cmd_campaign_list)
+    export = campaign_sub.add_parser(
+        "export", help="the finished sessions' records (as in sessions.jsonl), read from Redis"
+    )
+    export.add_argument("campaign", help="a campaign id")
+    export.add_argument("--format", default="jsonl", choices=("jsonl", "parquet"))
+    export.add_argument("--out", default=None, help="file to write (default for jsonl: stdout; parquet needs it)")
+    export.set_defaults(func=cmd_campaign_export)
     report = campaign_sub.add_parser(
         "report", help="tables with 95%% CIs, paired tests and plots for one campaign"
     )

@@ -7,6 +7,7 @@ ended it starts the lane's next session, so a campaign needs no coordinator to p
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
 import msgspec
@@ -99,3 +100,23 @@ def progress(store: StateStore, campaign_id: str) -> tuple[int, int]:
 def finished_session_ids(store: StateStore, campaign_id: str, start: int = 0) -> list[str]:
     raw = store.backend.lrange(store.keys.campaign(campaign_id, "finished"), start, -1)
     return [item.decode() for item in raw]
+
+
+def register_campaign(store: StateStore, campaign_id: str, launched_at: float | None = None) -> float:
+    """Record a launched campaign and its launch time (Unix seconds) in the registry."""
+    stamp = time.time() if launched_at is None else launched_at
+    store.backend.apply([Op("hset", store.keys.campaigns(), campaign_id, repr(stamp).encode())])
+    return stamp
+
+
+def registered_campaigns(store: StateStore) -> list[tuple[str, float]]:
+    """(campaign id, launch time) of every registered campaign, newest first."""
+    raw = store.backend.hgetall(store.keys.campaigns())
+    entries = [(campaign_id, float(stamp)) for campaign_id, stamp in raw.items()]
+    return sorted(entries, key=lambda e: (e[1], e[0]), reverse=True)
+
+
+def launched_at(store: StateStore, campaign_id: str) -> float | None:
+    """A campaign's launch time, or None if it was never registered."""
+    stamp = store.backend.hget(store.keys.campaigns(), campaign_id)
+    return None if stamp is None else float(stamp)

@@ -77,6 +77,12 @@ class Keys:
     def campaign(self, campaign_id: str, what: str) -> str:
         return f"{self.ns}:campaign:{{{campaign_id}}}:{what}"
 
+    def campaigns(self) -> str:
+        """The registry of launched campaigns: a hash of campaign id -> launch time (Unix
+        seconds, as text). A hash, not a sorted set: the backends speak strings, lists and
+        hashes; listing sorts by launch time on read."""
+        return f"{self.ns}:campaigns"
+
 
 class UserScope:
     """One user's view of the store. Every key it builds carries its own user id, and
