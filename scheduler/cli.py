@@ -157,14 +157,89 @@ def cmd_campaign_status(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {done:>6} {running:>7} {failed:>6} {total:>6}")
     if status.sessions_per_hr is None:
         print("rate: unknown (no launch time recorded)")
+    elif status.state == "finished" and status.finished_at is not None:
+        print(f"rate: {status.sessions_per_hr:.0f} sessions/hr from launch to finish")
+    elif status.state == "cancelled":
+        print(f"rate: {status.sessions_per_hr:.0f} sessions/hr from launch to cancel")
     else:
         print(f"rate: {status.sessions_per_hr:.0f} sessions/hr since launch")
     if status.state == "finished":
         print("eta: finished")
+    elif status.state == "cancelled":
+        print(f"eta: cancelled; {status.pending} sessions will not run")
     elif status.eta_s is None:
         print("eta: unknown until a session finishes")
     else:
         print(f"eta: {_fmt_duration(status.eta_s)}")
+    return 0
+
+
+def cmd_campaign_cancel(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from vars_core.campaign import cancel_campaign
+
+    try:
+        outcome, at = cancel_campaign(_store(), args.campaign)
+    except KeyError:
+        print(f"error: unknown campaign {args.campaign!r}", file=sys.stderr)
+        return 2
+    when = datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S") if at is not None else ""
+    if outcome == "finished":
+        print(f"campaign {args.campaign} already finished: nothing to cancel")
+    elif outcome == "already":
+        print(f"campaign {args.campaign} was already cancelled (at {when}): nothing to do")
+    else:
+        print(
+            f"cancelled campaign {args.campaign} at {when}: no new session starts and queued "
+            "stage tasks are dropped; stages already running finish"
+        )
+    return 0
+
+
+def cmd_campaign_failures(args: argparse.Namespace) -> int:
+    import json
+
+    import msgspec
+
+    from scheduler.failures import UnknownCampaign, campaign_failures
+
+    try:
+        failures = campaign_failures(_store(), args.campaign)
+    except UnknownCampaign as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([msgspec.to_builtins(f) for f in failures], indent=2))
+        return 0
+    if not failures:
+        print(f"campaign {args.campaign}: no failed sessions")
+        return 0
+    print(f"campaign {args.campaign}: {len(failures)} failed session(s)")
+    for f in failures:
+        print(f"  {f.session_id}  {f.method}  {f.profile_id}  {f.stage}@turn{f.turn}  {f.reason}")
+    return 0
+
+
+def cmd_campaign_retry(args: argparse.Namespace) -> int:
+    from scheduler.embedded_redis import resolve_redis_url
+    from scheduler.failures import RetryRefused, UnknownCampaign, retry_failures
+
+    url, _ = resolve_redis_url(local=False)
+    os.environ["REDIS_URL"] = url
+    from workers.app import make_app
+
+    try:
+        retried = retry_failures(make_app(url), _store(url), args.campaign)
+    except (UnknownCampaign, RetryRefused) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not retried:
+        print(f"campaign {args.campaign}: no failed sessions, nothing to retry")
+        return 0
+    print(f"campaign {args.campaign}: retrying {len(retried)} failed session(s)")
+    for f in retried:
+        print(f"  {f.session_id} from {f.stage}@turn{f.turn}")
     return 0
 
 
@@ -316,6 +391,29 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="jsonl", choices=("jsonl", "parquet"))
     export.add_argument("--out", default=None, help="file to write (default for jsonl: stdout; parquet needs it)")
     export.set_defaults(func=cmd_campaign_export)
+    cancel = campaign_sub.add_parser(
+        "cancel",
+        help="stop a campaign: no new session starts, queued stage tasks are dropped",
+        description=(
+            "Mark a campaign cancelled in Redis. No new session of it starts, and its stage "
+            "tasks still queued are acknowledged and dropped; a stage already running "
+            "finishes. Cancelling twice, or a finished campaign, changes nothing."
+        ),
+    )
+    cancel.add_argument("campaign", help="a campaign id")
+    cancel.set_defaults(func=cmd_campaign_cancel)
+    failures = campaign_sub.add_parser(
+        "failures", help="the failed sessions of a campaign: method, profile, stage/turn, reason"
+    )
+    failures.add_argument("campaign", help="a campaign id")
+    failures.add_argument("--json", action="store_true", help="print them as JSON")
+    failures.set_defaults(func=cmd_campaign_failures)
+    retry = campaign_sub.add_parser(
+        "retry",
+        help="run every failed session of a campaign again, from the stage it failed at",
+    )
+    retry.add_argument("campaign", help="a campaign id")
+    retry.set_defaults(func=cmd_campaign_retry)
     report = campaign_sub.add_parser(
         "report", help="tables with 95%% CIs, paired tests and plots for one campaign"
     )

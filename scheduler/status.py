@@ -10,6 +10,10 @@ Counting (per method and in total; a lane is one profile x method, its sessions 
 - running: lanes whose next session has started (stored and enqueued: its start is
   committed) but not ended. At most one per lane; right after launch every lane runs one.
 - pending: the rest, sessions not started yet (total - done - failed - running).
+
+A cancelled campaign (``vars campaign cancel``) runs nothing more: its state is
+"cancelled" (unless every session had ended anyway: "finished"), running is 0 and the
+sessions that will not run are pending.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ import msgspec
 from scheduler.campaigns import record_dict, record_line
 from vars_core.campaign import (
     CampaignPlan,
+    cancelled_at,
+    finished_at,
     finished_session_ids,
     launched_at,
     load_plan,
+    mark_finished_if_complete,
     progress,
     registered_campaigns,
 )
@@ -57,15 +64,17 @@ class MethodCounts(msgspec.Struct):
 class CampaignStatus(msgspec.Struct):
     campaign_id: str
     name: str
-    state: str  # running | finished
+    state: str  # running | finished | cancelled
     total: int
     done: int
     failed: int
     running: int
     launched_at: float | None
-    sessions_per_hr: float | None  # finished sessions per hour since launch
-    eta_s: float | None  # 0 when finished; None until a session has finished
+    sessions_per_hr: float | None  # finished sessions per hour, launch to finish/cancel/now
+    eta_s: float | None  # 0 when finished; None until a session has finished, or cancelled
     methods: dict[str, MethodCounts] = msgspec.field(default_factory=dict)
+    finished_at: float | None = None
+    cancelled_at: float | None = None
 
     @property
     def pending(self) -> int:
@@ -84,6 +93,8 @@ class CampaignStatus(msgspec.Struct):
             "launched_at": self.launched_at,
             "sessions_per_hr": self.sessions_per_hr,
             "eta_s": self.eta_s,
+            "finished_at": self.finished_at,
+            "cancelled_at": self.cancelled_at,
             "methods": {m: msgspec.structs.asdict(c) for m, c in self.methods.items()},
         }
 
@@ -119,12 +130,19 @@ def _plan(store: StateStore, campaign_id: str) -> CampaignPlan:
 
 
 def campaign_records(store: StateStore, campaign_id: str) -> list[SessionRecord]:
-    """The committed record of every finished session, in the order they finished."""
+    """The committed record of every finished session, in the order they finished, once
+    each. The finished list is a log of ends: a session retried after a failure
+    (scheduler/failures.py) is pushed again when it ends, so only its last entry counts,
+    and while it runs again it has no record and is left out."""
     _plan(store, campaign_id)
-    records = []
+    order: dict[str, None] = {}
     for session_id in finished_session_ids(store, campaign_id):
+        order.pop(session_id, None)
+        order[session_id] = None
+    records = []
+    for session_id in order:
         record = store.session_record(session_id)
-        if record is not None:  # pushed with the record, so always there
+        if record is not None:
             records.append(record)
     return records
 
@@ -155,15 +173,29 @@ def campaign_status(store: StateStore, campaign_id: str, now: float | None = Non
     failed = sum(c.failed for c in methods.values())
     running = sum(c.running for c in methods.values())
     finished = done + failed
-    state = "finished" if finished >= plan.total_sessions else "running"
+    cancelled = cancelled_at(store, campaign_id)
+    ended = None
+    if finished >= plan.total_sessions:
+        state = "finished"
+        # Normally stored by the session end that completed the campaign; if that worker
+        # died between its commit and the stamp, the first status to see it sets it.
+        ended = finished_at(store, campaign_id) or mark_finished_if_complete(store, campaign_id, plan.total_sessions)
+    elif cancelled is not None:
+        state, ended = "cancelled", cancelled
+        for counts in methods.values():  # stopped: what had started will not go on
+            counts.running = 0
+        running = 0
+    else:
+        state = "running"
     started = launched_at(store, campaign_id)
     rate = eta = None
     if started is not None:
-        elapsed = max((time.time() if now is None else now) - started, 1e-9)
+        until = ended if ended is not None else (time.time() if now is None else now)
+        elapsed = max(until - started, 1e-9)
         rate = finished / elapsed * 3600
         if state == "finished":
             eta = 0.0
-        elif finished:
+        elif finished and state == "running":
             eta = (plan.total_sessions - finished) / (finished / elapsed)
     return CampaignStatus(
         campaign_id=campaign_id,
@@ -177,6 +209,8 @@ def campaign_status(store: StateStore, campaign_id: str, now: float | None = Non
         sessions_per_hr=rate,
         eta_s=eta,
         methods=methods,
+        finished_at=ended if state == "finished" else None,
+        cancelled_at=cancelled,
     )
 
 
@@ -189,7 +223,12 @@ def list_campaigns(store: StateStore) -> list[CampaignSummary]:
         except KeyError:  # its keys were deleted: nothing left to show
             continue
         done, failed = progress(store, campaign_id)
-        state = "finished" if done + failed >= plan.total_sessions else "running"
+        if done + failed >= plan.total_sessions:
+            state = "finished"
+        elif cancelled_at(store, campaign_id) is not None:
+            state = "cancelled"
+        else:
+            state = "running"
         out.append(
             CampaignSummary(campaign_id, plan.name, list(plan.methods), plan.total_sessions, done, failed, state, stamp)
         )

@@ -79,8 +79,9 @@ def first_sessions(engine: Engine, store: StateStore, plan: CampaignPlan) -> lis
 
 
 def next_in_lane(engine: Engine, store: StateStore, finished: SessionState) -> SessionState | None:
-    """The lane's next session, started; None when the lane is complete."""
-    if not finished.campaign_id:
+    """The lane's next session, started; None when the lane is complete or the campaign
+    was cancelled."""
+    if not finished.campaign_id or is_cancelled(store, finished.campaign_id):
         return None
     plan = load_plan(store, finished.campaign_id)
     if finished.session_index >= plan.sessions:
@@ -120,3 +121,108 @@ def launched_at(store: StateStore, campaign_id: str) -> float | None:
     """A campaign's launch time, or None if it was never registered."""
     stamp = store.backend.hget(store.keys.campaigns(), campaign_id)
     return None if stamp is None else float(stamp)
+
+
+# Campaign control keys, next to the plan (``Keys.campaign(id, ...)``):
+#   cancelled    Unix time of `vars campaign cancel`, as text; its presence stops the campaign.
+#   finished_at  Unix time when done + failed first reached the planned total, as text.
+#   failures     per-campaign dead letters: one JSON CampaignFailure per failed attempt.
+CANCELLED, FINISHED_AT, FAILURES = "cancelled", "finished_at", "failures"
+
+
+def campaign_of_session(session_id: str) -> str:
+    """The campaign id in a campaign session id (``{campaign}:{method}:{profile}:s{n}``);
+    spec names forbid ':', so the id is everything before the first one."""
+    return session_id.split(":", 1)[0]
+
+
+def is_cancelled(store: StateStore, campaign_id: str) -> bool:
+    """One EXISTS: cheap enough to ask at the start of every campaign stage task."""
+    return store.backend.exists(store.keys.campaign(campaign_id, CANCELLED))
+
+
+def cancelled_at(store: StateStore, campaign_id: str) -> float | None:
+    stamp = store.backend.get(store.keys.campaign(campaign_id, CANCELLED))
+    return None if stamp is None else float(stamp)
+
+
+def cancel_campaign(store: StateStore, campaign_id: str, now: float | None = None) -> tuple[str, float | None]:
+    """Mark a campaign cancelled. Returns ("cancelled", at), ("already", at) for a campaign
+    cancelled before, or ("finished", None) for one that already ended (left as it is)."""
+    plan = load_plan(store, campaign_id)  # KeyError for an unknown id
+    key = store.keys.campaign(campaign_id, CANCELLED)
+
+    def build() -> tuple[list[Op], tuple[str, float | None]]:
+        stamp = store.backend.get(key)
+        if stamp is not None:
+            return [], ("already", float(stamp))
+        done, failed = progress(store, campaign_id)
+        if done + failed >= plan.total_sessions:
+            return [], ("finished", None)
+        at = time.time() if now is None else now
+        return [Op("set", key, value=repr(at).encode())], ("cancelled", at)
+
+    return store.backend.transact([key], build)
+
+
+def finished_at(store: StateStore, campaign_id: str) -> float | None:
+    stamp = store.backend.get(store.keys.campaign(campaign_id, FINISHED_AT))
+    return None if stamp is None else float(stamp)
+
+
+def mark_finished_if_complete(store: StateStore, campaign_id: str, total: int | None = None) -> float | None:
+    """Store ``finished_at`` once done + failed reaches the plan's total; return it (None
+    while the campaign is not complete). Idempotent and safe to call from every session
+    end: set-if-absent under WATCH of the stamp and both counters, so a concurrent retry
+    (which decrements ``failed`` and deletes the stamp) cannot leave a stale one."""
+    key = store.keys.campaign(campaign_id, FINISHED_AT)
+    if total is None:
+        try:
+            total = load_plan(store, campaign_id).total_sessions
+        except KeyError:  # sessions run in-process without a stored plan
+            return None
+    done_key, failed_key = store.keys.campaign(campaign_id, "done"), store.keys.campaign(campaign_id, "failed")
+    if sum(progress(store, campaign_id)) < total and not store.backend.exists(key):
+        return None  # the common case, without a transaction
+
+    def build() -> tuple[list[Op], float | None]:
+        stamp = store.backend.get(key)
+        if stamp is not None:
+            return [], float(stamp)
+        if sum(progress(store, campaign_id)) < total:
+            return [], None
+        at = time.time()
+        return [Op("set", key, value=repr(at).encode())], at
+
+    return store.backend.transact([key, done_key, failed_key], build)
+
+
+class CampaignFailure(msgspec.Struct):
+    """Where and why one session of a campaign failed (retries exhausted)."""
+
+    session_id: str
+    method: str
+    profile_id: str
+    session_index: int
+    stage: str
+    turn: int
+    reason: str
+    at: float = 0.0
+
+
+def record_failure(store: StateStore, session: SessionState, stage: str, turn: int, reason: str) -> None:
+    """Append a campaign session's failure to its campaign's dead-letter list."""
+    if not session.campaign_id:
+        return
+    entry = CampaignFailure(
+        session.session_id, session.method, session.profile_id, session.session_index,
+        stage, turn, reason, time.time(),
+    )
+    key = store.keys.campaign(session.campaign_id, FAILURES)
+    store.backend.apply([Op("rpush", key, value=msgspec.json.encode(entry))])
+
+
+def failure_entries(store: StateStore, campaign_id: str) -> list[CampaignFailure]:
+    """Every failure entry, oldest first (a session retried and failed again has several)."""
+    raw = store.backend.lrange(store.keys.campaign(campaign_id, FAILURES))
+    return [msgspec.json.decode(item, type=CampaignFailure) for item in raw]

@@ -5,13 +5,14 @@ backoff and the dead-letter path are written once, here, around every stage."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 import msgspec
 from celery import Task
 
 from queues.events import StageTask
-from vars_core.campaign import next_in_lane
+from vars_core.campaign import campaign_of_session, is_cancelled, next_in_lane, record_failure
 from vars_core.routing import END, Step
 from vars_core.stages import StrayEvent, run_stage
 from vars_core.stages.context import StageContext
@@ -38,6 +39,27 @@ def backoff_seconds(attempt: int) -> float:
 
 def deadletter_key(store: StateStore) -> str:
     return f"{store.keys.ns}:deadletter"
+
+
+# Test-only fault injection. Off unless the worker process starts with VARS_TEST_FAULTS=1;
+# then, at the start of each stage task, the key ``{ns}:test:fault`` (if set) is read as
+# ``stage|turn|needle`` and a task of that stage and turn whose session id contains
+# ``needle`` raises, going through the normal retry and failure path. Deleting the key
+# removes the fault without restarting the workers. Used by tests/test_campaign_control.py.
+FAULTS_ENABLED = os.environ.get("VARS_TEST_FAULTS") == "1"
+
+
+def fault_key(store: StateStore) -> str:
+    return f"{store.keys.ns}:test:fault"
+
+
+def _injected_fault(store: StateStore, event: StageTask) -> None:
+    spec = store.backend.get(fault_key(store))
+    if not spec:
+        return
+    stage, turn, needle = spec.decode().split("|", 2)
+    if event.stage == stage and event.turn == int(turn) and needle in event.session_id:
+        raise RuntimeError(f"injected test fault at {stage} turn {turn}")
 
 
 def _already_done(store: StateStore, session_id: str, step: Step) -> bool:
@@ -80,7 +102,14 @@ def execute(task: Task, stage: str, payload: dict) -> None:
         _deadletter(msgspec.to_builtins(event), f"event for {event.stage!r} on the {stage!r} task")
         return
     store, engine = runtime.store(), runtime.engine()
+    if event.lane == "campaign" and is_cancelled(store, campaign_of_session(event.session_id)):
+        # `vars campaign cancel`: acknowledged and dropped, not run (one EXISTS; live
+        # sessions are on the live lane and skip the check).
+        log.info("dropped %s %s turn %d: its campaign was cancelled", stage, event.session_id, event.turn)
+        return
     try:
+        if FAULTS_ENABLED:
+            _injected_fault(store, event)
         step = run_stage(engine, store, event.session_id, event.turn, stage)
         _record_hop(task, event)
         # Publishing is inside the retry scope: a commit whose publish failed is retried,
@@ -101,6 +130,8 @@ def execute(task: Task, stage: str, payload: dict) -> None:
         log.error("session %s failed: %s", event.session_id, reason)
         _deadletter(msgspec.to_builtins(event), reason)
         try:
+            # Where it failed, for `vars campaign failures` and `retry` (campaign sessions).
+            record_failure(store, store.session(event.session_id), stage, event.turn, reason)
             finish(event.session_id, event.lane, failure=reason)
         except Exception:  # e.g. the session itself is unreadable: the dead letter says why
             log.exception("could not close failed session %s", event.session_id)

@@ -125,7 +125,9 @@ def end_session(ctx: StageContext, failure: str = "") -> SessionRecord:
         record.status, record.failure = "failed", failure
 
     def build() -> list[Op]:
-        ops = [store.put_session_record_op(record), *carry_over_ops(ctx)]
+        # A failed session's memory is not carried over: `vars campaign retry` runs it
+        # again, and its successful end carries it over once (no partial history twice).
+        ops = [store.put_session_record_op(record), *([] if failure else carry_over_ops(ctx))]
         if session.campaign_id:
             campaign = session.campaign_id
             ops += [
@@ -136,6 +138,17 @@ def end_session(ctx: StageContext, failure: str = "") -> SessionRecord:
 
     watch = [user.history_key, user.summary_key, user.reflection_key]
     store.transact_stage(session.session_id, START_TURN, "end", watch, build)
+    if session.campaign_id:
+        # finished_at is set right after the counters' commit, not inside it: deciding it
+        # in the transaction would mean WATCHing the campaign-wide done/failed counters, so
+        # every concurrent session end of the campaign would conflict and re-run ``build``
+        # (carry_over_ops may call an LLM to reflect or summarize). Instead each end, after
+        # its own increment, sets the stamp if absent once done + failed reaches the total:
+        # the end that completes the campaign always sees it. Should that worker die right
+        # here, `vars campaign status` sets it on first observation (scheduler/status.py).
+        from vars_core.campaign import mark_finished_if_complete  # campaign imports stages
+
+        mark_finished_if_complete(store, session.campaign_id)
     committed = store.session_record(session.session_id)
     assert committed is not None
     return committed
