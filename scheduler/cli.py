@@ -294,6 +294,35 @@ def cmd_campaign_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaign_extend(args: argparse.Namespace) -> int:
+    from scheduler.embedded_redis import resolve_redis_url
+    from scheduler.extend import ExtendRefused, UnknownCampaign, extend_campaign
+    from vars_core.config import config_from_env
+    from vars_core.engine import Engine
+
+    url, _ = resolve_redis_url(local=False)
+    os.environ["REDIS_URL"] = url
+    from workers.app import make_app
+
+    try:
+        result = extend_campaign(make_app(url), Engine(config_from_env()), _store(url), args.campaign, args.sessions)
+    except (UnknownCampaign, ExtendRefused) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"campaign {result.campaign_id}: extended from {result.previous} to {result.sessions} sessions per lane "
+        f"({result.total} in all); {len(result.started)} lane(s) started again, "
+        f"{result.running} still running go on by themselves"
+    )
+    return 0
+
+
+def cmd_campaign_watch(args: argparse.Namespace) -> int:
+    from scheduler.watch import watch_command
+
+    return watch_command(_store(), args.campaign, args.interval)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from scheduler.demo import DEMO_SPEC, summary_table
 
@@ -307,6 +336,84 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"results in {Path(args.results) / campaign_id}"
     )
     return 0
+
+
+def _resume_handles():
+    """(engine, store, publish) on the pipeline's Redis, for resume and sweep."""
+    from scheduler.embedded_redis import resolve_redis_url
+    from vars_core.config import config_from_env
+    from vars_core.engine import Engine
+
+    url, _ = resolve_redis_url(local=False)
+    os.environ["REDIS_URL"] = url
+    from workers.app import make_app
+    from workers.publish import publish
+
+    app = make_app(url)
+    return Engine(config_from_env()), _store(url), lambda event: publish(app, event)
+
+
+def cmd_campaign_resume(args: argparse.Namespace) -> int:
+    from scheduler.resume import ResumeRefused, UnknownCampaign, describe, resume_campaign
+
+    engine, store, publish = _resume_handles()
+    try:
+        report = resume_campaign(engine, store, args.campaign, publish)
+    except (UnknownCampaign, ResumeRefused) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    events = report.events
+    if not events:
+        if report.finished >= report.total:
+            print(f"campaign {args.campaign} already finished ({report.total} sessions): nothing to resume")
+        else:
+            print(f"campaign {args.campaign}: every lane is complete, nothing to resume")
+        return 0
+    print(
+        f"campaign {args.campaign}: resumed {report.lanes_resumed} lane(s), republished {len(events)} event(s); "
+        f"{report.lanes_complete} lane(s) complete; {report.finished}/{report.total} sessions had finished"
+    )
+    for result in events:
+        print(f"  {describe(result)}")
+    return 0
+
+
+def cmd_campaign_sweep(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from scheduler.resume import describe, sweep_once
+
+    engine, store, publish = _resume_handles()
+    if not args.once:
+        print(
+            f"sweeping every {args.interval:g} s: lanes with no progress for {args.stalled_after:g} s are resumed",
+            flush=True,
+        )
+    while True:
+        try:
+            reports = sweep_once(engine, store, publish, args.stalled_after)
+        except Exception as exc:  # e.g. Redis restarting: try again next round
+            if args.once:
+                raise
+            print(f"sweep failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            reports = []
+        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        for report in reports:
+            print(
+                f"{stamp} campaign {report.campaign_id}: republished {len(report.events)} event(s) "
+                f"on {report.lanes_resumed} stalled lane(s)",
+                flush=True,
+            )
+            for result in report.events:
+                print(f"  {describe(result)}", flush=True)
+        if args.once:
+            if not reports:
+                print("no stalled lanes")
+            return 0
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
 
 
 def cmd_campaign_report(args: argparse.Namespace) -> int:
@@ -414,6 +521,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("campaign", help="a campaign id")
     retry.set_defaults(func=cmd_campaign_retry)
+    resume = campaign_sub.add_parser(
+        "resume",
+        help="restart a campaign's stalled lanes from the store (after lost messages or killed workers)",
+        description=(
+            "For every lane, republish the next event of its unfinished session (the first "
+            "stage not committed), or start its next session if the last one ended. Ended "
+            "sessions (done or failed) are never run again; stage commits are idempotent, so "
+            "an event still queued being published twice is harmless. Refused for a cancelled campaign."
+        ),
+    )
+    resume.add_argument("campaign", help="a campaign id")
+    resume.set_defaults(func=cmd_campaign_resume)
+    sweep = campaign_sub.add_parser(
+        "sweep",
+        help="every --interval s, resume the lanes of running campaigns with no progress for --stalled-after s",
+    )
+    sweep.add_argument(
+        "--stalled-after", type=float, default=600.0,
+        help="seconds without a stage commit before a lane counts as stalled (default: 600; keep it above the longest stage)",
+    )
+    sweep.add_argument("--interval", type=float, default=60.0, help="seconds between sweeps (default: 60)")
+    sweep.add_argument("--once", action="store_true", help="sweep once and exit")
+    sweep.set_defaults(func=cmd_campaign_sweep)
+    extend = campaign_sub.add_parser(
+        "extend",
+        help="continue every lane of a campaign to N sessions in total (memory and vectors carry on)",
+    )
+    extend.add_argument("campaign", help="a campaign id")
+    extend.add_argument("--sessions", type=int, required=True, help="sessions per lane in total (more than planned)")
+    extend.set_defaults(func=cmd_campaign_extend)
+    watch = campaign_sub.add_parser(
+        "watch", help="live progress bars per method, rate and ETA, until the campaign ends (Ctrl-C leaves it running)"
+    )
+    watch.add_argument("campaign", help="a campaign id")
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default: 2)")
+    watch.set_defaults(func=cmd_campaign_watch)
     report = campaign_sub.add_parser(
         "report", help="tables with 95%% CIs, paired tests and plots for one campaign"
     )

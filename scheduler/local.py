@@ -88,7 +88,8 @@ class LocalStack:
             self._embedded.stop()
 
     def check_alive(self) -> None:
-        dead = [p.args[4] for p in self._procs if p.poll() is not None]
+        # args: python -m scheduler.cli worker --stage STAGE ...
+        dead = [p.args[p.args.index("--stage") + 1] for p in self._procs if p.poll() is not None]
         if dead:
             raise RuntimeError(
                 f"worker(s) for {', '.join(dead)} exited; see {vars_home() / 'logs'}"

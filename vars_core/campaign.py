@@ -185,16 +185,22 @@ def mark_finished_if_complete(store: StateStore, campaign_id: str, total: int | 
     if sum(progress(store, campaign_id)) < total and not store.backend.exists(key):
         return None  # the common case, without a transaction
 
+    plan_key = store.keys.campaign(campaign_id, "plan")
+
     def build() -> tuple[list[Op], float | None]:
         stamp = store.backend.get(key)
         if stamp is not None:
             return [], float(stamp)
-        if sum(progress(store, campaign_id)) < total:
+        # The plan is WATCHed and read again: `vars campaign extend` raises the total and
+        # deletes the stamp, so a total read before it must not stamp the campaign.
+        stored = store.backend.get(plan_key)
+        current = total if stored is None else max(total, decode(stored, CampaignPlan).total_sessions)
+        if sum(progress(store, campaign_id)) < current:
             return [], None
         at = time.time()
         return [Op("set", key, value=repr(at).encode())], at
 
-    return store.backend.transact([key, done_key, failed_key], build)
+    return store.backend.transact([key, done_key, failed_key, plan_key], build)
 
 
 class CampaignFailure(msgspec.Struct):

@@ -6,6 +6,7 @@ and the queued workers read and write exactly the same records.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -70,6 +71,12 @@ class Keys:
 
     def marker(self, session_id: str, turn: int, stage: str) -> str:
         return self.session(session_id, f"done:{turn}:{stage}")
+
+    def progress(self, session_id: str) -> str:
+        """Unix time (as text) of the session's last stage commit, or of the last time
+        ``vars campaign resume``/``sweep`` republished its next event: how the sweeper
+        tells a stalled session (scheduler/resume.py)."""
+        return self.session(session_id, "progress")
 
     def profile(self, campaign_id: str, profile_id: str) -> str:
         return f"{self.ns}:profile:{{{campaign_id}}}:{profile_id}"
@@ -256,8 +263,18 @@ class StateStore:
     def is_committed(self, session_id: str, turn: int, stage: str) -> bool:
         return self.backend.exists(self.keys.marker(session_id, turn, stage))
 
+    def progress_op(self, session_id: str, now: float | None = None) -> Op:
+        """Stamp the session's last progress; part of every stage commit (one SET)."""
+        stamp = time.time() if now is None else now
+        return Op("set", self.keys.progress(session_id), value=repr(stamp).encode())
+
+    def last_progress(self, session_id: str) -> float | None:
+        data = self.backend.get(self.keys.progress(session_id))
+        return None if data is None else float(data)
+
     def commit_stage(self, session_id: str, turn: int, stage: str, ops: list[Op]) -> bool:
         """Write a stage's ops and its marker at once; False if it was already committed."""
+        ops = [*ops, self.progress_op(session_id)]
         return self.backend.apply(ops, marker=self.keys.marker(session_id, turn, stage))
 
     def transact_stage(
@@ -276,7 +293,7 @@ class StateStore:
             if self.backend.exists(marker):
                 return [], False
             ops = build()
-            return [*ops, Op("set", marker, value=b"1")], True
+            return [*ops, self.progress_op(session_id), Op("set", marker, value=b"1")], True
 
         return self.backend.transact([marker, *watch], guarded)
 
