@@ -47,12 +47,17 @@ def plan_campaign(spec: CampaignSpec, campaign_id: str | None = None):
         max_turns=spec.max_turns,
         datasets=list(spec.datasets),
         seed=spec.seed,
+        parallelism=spec.parallelism,
+        reward=spec.reward,
+        backends=spec.backends.tables(),
     )
     return plan, profiles
 
 
 def launch(app: Celery, engine: Engine, store: StateStore, spec: CampaignSpec) -> CampaignPlan:
-    """Store the plan and profiles, start every lane's first session, enqueue them."""
+    """Store the plan and profiles, start the first session of every lane (of the first
+    ``parallelism`` lanes when the spec bounds it; the rest start as lanes complete),
+    enqueue them."""
     plan, profiles = plan_campaign(spec)
     save_plan(store, plan, profiles)
     store.backend.apply(

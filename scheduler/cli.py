@@ -113,7 +113,7 @@ def cmd_campaign_run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, args.set or [])
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -472,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--detach", action="store_true",
         help="print the campaign id and return at once (workers from `vars up` run it; not with --local)",
+    )
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE",
+        help="override a spec field (repeatable; dotted keys for tables), e.g. --set sessions=15 "
+        "--set parallelism=50 --set backends.agent.base_url=http://h:8000/v1",
     )
     run.set_defaults(func=cmd_campaign_run)
     status = campaign_sub.add_parser(

@@ -24,6 +24,12 @@ idempotent by (session, turn, stage) and a duplicate publishes the next event on
 that one is not committed yet (``workers.tasks._already_done``). It can cost a stage run
 twice, though, which is why the sweeper waits ``stalled_after`` seconds of no progress.
 
+Bounded parallelism (plan ``parallelism``): a lane the cursor has not reached (never
+claimed) is left "waiting", and a completed lane whose successor was never claimed (a
+worker died between ending it and claiming) gets it claimed and started here, with the
+same idempotent claim the workers use (``vars_core.campaign.claim_next_lane``), so resume
+keeps at most ``parallelism`` lanes in flight.
+
 Progress: every stage commit writes ``Keys.progress(session)`` (a Unix time) in the same
 atomic step as its marker (``StateStore.commit_stage`` / ``transact_stage``); a republish
 writes it too, so the sweeper republishes a lane at most once per ``stalled_after``.
@@ -41,8 +47,12 @@ from queues.events import StageTask
 from scheduler.status import UnknownCampaign, _plan
 from vars_core.campaign import (
     CampaignPlan,
+    claim_next_lane,
+    claimed_lanes,
+    claimed_successor,
     is_cancelled,
     lane_session,
+    lanes,
     launched_at,
     progress,
     registered_campaigns,
@@ -56,7 +66,7 @@ from vars_core.store import StateStore
 from vars_core.types import SessionState, SimulatorTurn
 
 Publish = Callable[[StageTask], None]
-Action = Literal["republished", "started", "complete", "running", "cancelled"]
+Action = Literal["republished", "started", "complete", "running", "cancelled", "waiting"]
 
 
 class ResumeRefused(RuntimeError):
@@ -171,6 +181,8 @@ def resume_lane(
         return out or [LaneResult(method, profile_id, "complete")]
     if is_cancelled(store, cid):
         return [*out, LaneResult(method, profile_id, "cancelled")]
+    if not last and plan.parallelism is not None and lanes(plan).index((profile_id, method)) >= claimed_lanes(store, plan):
+        return [*out, LaneResult(method, profile_id, "waiting")]  # starts when a lane completes
     previous = session_id_for(user, last) if last else None
     if not _stalled(store, previous, since, stalled_after, now):
         # Just ended (the worker that ended it starts the next one), or just launched.
@@ -179,6 +191,39 @@ def resume_lane(
     publish(StageTask(state.session_id, 1, "simulate", "campaign"))
     store.backend.apply([store.progress_op(state.session_id, now)])
     out.append(LaneResult(method, profile_id, "started", state.session_id, "simulate", 1))
+    return out
+
+
+def start_successors(
+    engine: Engine,
+    store: StateStore,
+    plan: CampaignPlan,
+    publish: Publish,
+    stalled_after: float | None = None,
+    now: float | None = None,
+) -> list[LaneResult]:
+    """With bounded parallelism: for each completed lane that never claimed its successor
+    (its last session ended, with no progress since ``stalled_after``), claim and start it."""
+    if plan.parallelism is None or is_cancelled(store, plan.campaign_id):
+        return []
+    now = time.time() if now is None else now
+    since = launched_at(store, plan.campaign_id)
+    out: list[LaneResult] = []
+    for profile_id, method in lanes(plan):
+        user = lane_user_id(plan.campaign_id, method, profile_id)
+        last = session_id_for(user, plan.sessions)
+        if not _ended(store, last) or claimed_successor(store, plan, user) is not None:
+            continue
+        if not _stalled(store, last, since, stalled_after, now):
+            continue  # just ended: the worker that ended it claims the successor
+        claimed = claim_next_lane(store, plan, user)
+        if claimed is None:
+            break  # every lane has been claimed
+        state = lane_session(engine, store, plan, claimed[0], claimed[1], 1)  # idempotent
+        if not store.is_committed(state.session_id, 1, "simulate"):
+            publish(StageTask(state.session_id, 1, "simulate", "campaign"))
+            store.backend.apply([store.progress_op(state.session_id, now)])
+        out.append(LaneResult(claimed[1], claimed[0], "started", state.session_id, "simulate", 1))
     return out
 
 
@@ -194,6 +239,7 @@ def resume_campaign(engine: Engine, store: StateStore, campaign_id: str, publish
     for method in plan.methods:
         for profile_id in plan.profile_ids:
             report.lanes += resume_lane(engine, store, plan, method, profile_id, publish)
+    report.lanes += start_successors(engine, store, plan, publish)
     return report
 
 
@@ -217,6 +263,7 @@ def sweep_once(
         for method in plan.methods:
             for profile_id in plan.profile_ids:
                 report.lanes += resume_lane(engine, store, plan, method, profile_id, publish, stalled_after, now)
+        report.lanes += start_successors(engine, store, plan, publish, stalled_after, now)
         if report.events:
             reports.append(report)
     return reports

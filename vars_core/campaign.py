@@ -3,6 +3,15 @@
 Each profile x method lane is its own user; its sessions run in order (memory and the
 user vector carry over), lanes run in parallel. When a session ends, the worker that
 ended it starts the lane's next session, so a campaign needs no coordinator to progress.
+
+With ``parallelism`` P, launch starts only the first P lanes (plan order: profile-major x
+method, as ``lanes`` lists them). When a lane completes, the worker that ended its last
+session claims the next lane (``claim_next_lane``) and starts that lane's first session.
+Two keys next to the plan: ``next_lane`` (how many lanes have been claimed, the cursor)
+and ``successors`` (hash: completed lane's user id -> the lane index it claimed). The
+claim is one WATCH transaction over both, so two workers never claim the same lane and a
+duplicate end of one lane claims nothing new (it gets the same lane back, whose start is
+idempotent). Lanes in flight = claimed - completed <= P.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import msgspec
 
 from vars_core.engine import Engine
 from vars_core.problems import load_problems
-from vars_core.runner import new_session, register_profile
+from vars_core.runner import lane_user_id, new_session, register_profile
 from vars_core.stages import start_session
 from vars_core.store import StateStore
 from vars_core.store.backend import Op
@@ -31,6 +40,11 @@ class CampaignPlan(msgspec.Struct, frozen=True):
     max_turns: int
     datasets: list[str]
     seed: int
+    parallelism: int | None = None  # lanes in flight at once; None: all
+    # Engine settings the spec pins (reward judge; backends.<role> tables as written);
+    # workers refuse a campaign whose pins differ from their own config (workers/tasks.py).
+    reward: str | None = None
+    backends: dict[str, dict] = msgspec.field(default_factory=dict)
 
     @property
     def total_sessions(self) -> int:
@@ -70,12 +84,66 @@ def lane_session(
     return start_session(engine, store, state)
 
 
+NEXT_LANE, SUCCESSORS = "next_lane", "successors"
+
+
+def lanes(plan: CampaignPlan) -> list[tuple[str, str]]:
+    """(profile_id, method) of every lane, in the order lanes start."""
+    return [(profile_id, method) for profile_id in plan.profile_ids for method in plan.methods]
+
+
+def initial_lanes(plan: CampaignPlan) -> int:
+    count = len(plan.profile_ids) * len(plan.methods)
+    return count if plan.parallelism is None else min(plan.parallelism, count)
+
+
+def claimed_lanes(store: StateStore, plan: CampaignPlan) -> int:
+    """How many lanes (a prefix of ``lanes(plan)``) may have started: all without
+    parallelism; else the cursor (the launch's P when it is not there yet)."""
+    if plan.parallelism is None:
+        return len(plan.profile_ids) * len(plan.methods)
+    raw = store.backend.get(store.keys.campaign(plan.campaign_id, NEXT_LANE))
+    return initial_lanes(plan) if raw is None else int(raw)
+
+
+def claimed_successor(store: StateStore, plan: CampaignPlan, completed_user: str) -> int | None:
+    raw = store.backend.hget(store.keys.campaign(plan.campaign_id, SUCCESSORS), completed_user)
+    return None if raw is None else int(raw)
+
+
+def claim_next_lane(store: StateStore, plan: CampaignPlan, completed_user: str) -> tuple[str, str] | None:
+    """The lane to start because lane ``completed_user`` completed: the next one not yet
+    claimed, or the one this lane claimed before (a duplicate end). None when every lane
+    has been claimed."""
+    cursor = store.keys.campaign(plan.campaign_id, NEXT_LANE)
+    successors = store.keys.campaign(plan.campaign_id, SUCCESSORS)
+    order = lanes(plan)
+
+    def build() -> tuple[list[Op], int | None]:
+        prior = store.backend.hget(successors, completed_user)
+        if prior is not None:
+            return [], int(prior)
+        claimed = claimed_lanes(store, plan)
+        if claimed >= len(order):
+            return [], None
+        value = str(claimed).encode()
+        ops = [Op("set", cursor, value=str(claimed + 1).encode()), Op("hset", successors, completed_user, value)]
+        return ops, claimed
+
+    index = store.backend.transact([cursor, successors], build)
+    return None if index is None or index >= len(order) else order[index]
+
+
 def first_sessions(engine: Engine, store: StateStore, plan: CampaignPlan) -> list[SessionState]:
-    return [
-        lane_session(engine, store, plan, profile_id, method, 1)
-        for profile_id in plan.profile_ids
-        for method in plan.methods
-    ]
+    """Start the first session of the first ``parallelism`` lanes (all lanes without it)."""
+    count = initial_lanes(plan)
+    if plan.parallelism is not None:
+        cursor = store.keys.campaign(plan.campaign_id, NEXT_LANE)
+        store.backend.transact(
+            [cursor],
+            lambda: ([] if store.backend.exists(cursor) else [Op("set", cursor, value=str(count).encode())], None),
+        )
+    return [lane_session(engine, store, plan, profile_id, method, 1) for profile_id, method in lanes(plan)[:count]]
 
 
 def next_in_lane(engine: Engine, store: StateStore, finished: SessionState) -> SessionState | None:
@@ -85,7 +153,14 @@ def next_in_lane(engine: Engine, store: StateStore, finished: SessionState) -> S
         return None
     plan = load_plan(store, finished.campaign_id)
     if finished.session_index >= plan.sessions:
-        return None
+        if plan.parallelism is None:
+            return None
+        # The lane is complete: start the next lane not yet started (bounded parallelism).
+        user = lane_user_id(plan.campaign_id, finished.method, finished.profile_id)
+        claimed = claim_next_lane(store, plan, user)
+        if claimed is None:
+            return None
+        return lane_session(engine, store, plan, claimed[0], claimed[1], 1)
     return lane_session(
         engine, store, plan, finished.profile_id, finished.method, finished.session_index + 1
     )

@@ -12,7 +12,14 @@ import msgspec
 from celery import Task
 
 from queues.events import StageTask
-from vars_core.campaign import campaign_of_session, is_cancelled, next_in_lane, record_failure
+from vars_core.campaign import (
+    campaign_of_session,
+    is_cancelled,
+    load_plan,
+    next_in_lane,
+    record_failure,
+)
+from vars_core.config import EmbedderConfig, EngineConfig, LLMConfig, RerankerConfig
 from vars_core.routing import END, Step
 from vars_core.stages import StrayEvent, run_stage
 from vars_core.stages.context import StageContext
@@ -60,6 +67,92 @@ def _injected_fault(store: StateStore, event: StageTask) -> None:
     stage, turn, needle = spec.decode().split("|", 2)
     if event.stage == stage and event.turn == int(turn) and needle in event.session_id:
         raise RuntimeError(f"injected test fault at {stage} turn {turn}")
+
+
+# Campaign engine settings (spec `reward` and `[backends.<role>]`, stored in the plan).
+# Workers build one Engine per process from VARS_CONFIG and do not build per-campaign
+# engines. So a campaign that pins settings is checked instead: a stage task whose own
+# engine differs, for a role that stage uses, fails the session at once (no retries: a
+# mismatch is not transient) with a reason naming the field, so the researcher learns
+# that the workers must be started with matching settings. A spec with no pins is not
+# checked. Only the keys the spec wrote are compared.
+STAGE_ROLES: dict[str, tuple[str, ...]] = {
+    "simulate": ("simulator",),
+    "judge": ("reward", "judge"),
+    "extract": ("extractor", "embedder"),
+    "retrieve": ("embedder", "reranker"),
+    "generate": ("agent",),
+}
+# role -> (the EngineConfig field of its backend, its struct, the mode field an "openai"
+# backend needs set to "llm" or None)
+_ROLE_FIELDS: dict[str, tuple[str, type, str | None]] = {
+    "agent": ("agent", LLMConfig, None),
+    "simulator": ("simulator_llm", LLMConfig, "simulator"),
+    "judge": ("judge_llm", LLMConfig, None),
+    "extractor": ("extractor_llm", LLMConfig, "extractor"),
+    "embedder": ("embedder", EmbedderConfig, None),
+    "reranker": ("reranker", RerankerConfig, None),
+}
+_pins: dict[str, tuple[str | None, dict[str, dict]]] = {}
+
+
+class SettingsMismatch(Exception):
+    """A campaign pins engine settings this worker does not have."""
+
+
+def _campaign_pins(store: StateStore, campaign_id: str) -> tuple[str | None, dict[str, dict]]:
+    pins = _pins.get(campaign_id)
+    if pins is None:
+        try:
+            plan = load_plan(store, campaign_id)
+        except KeyError:  # a campaign session without a stored plan (in-process runs)
+            return None, {}
+        pins = (plan.reward, plan.backends)
+        if len(_pins) >= 256:
+            _pins.pop(next(iter(_pins)))
+        _pins[campaign_id] = pins
+    return pins
+
+
+def settings_mismatch(config: EngineConfig, stage: str, reward: str | None, backends: dict[str, dict]) -> str:
+    """'' when this worker's config matches what the campaign pins for ``stage``'s roles,
+    else the reason, naming the field."""
+    hint = "start the workers with matching settings (VARS_CONFIG / VARS_* variables)"
+    for role in STAGE_ROLES.get(stage, ()):
+        if role == "reward":
+            if reward is not None and reward != config.judge:
+                return (
+                    f"campaign spec field `reward` = {reward!r}, but this {stage} worker's engine has "
+                    f"judge = {config.judge!r}: {hint}"
+                )
+            continue
+        table = backends.get(role)
+        if not table:
+            continue
+        field, kind, mode = _ROLE_FIELDS[role]
+        wanted = msgspec.convert(table, kind)  # validated at launch
+        have = getattr(config, field)
+        for key in table:
+            if getattr(wanted, key) != getattr(have, key):
+                return (
+                    f"campaign spec field `backends.{role}.{key}` = {getattr(wanted, key)!r}, but this "
+                    f"{stage} worker's engine has {field}.{key} = {getattr(have, key)!r}: {hint}"
+                )
+        if mode and wanted.kind == "openai" and getattr(config, mode) != "llm":
+            return (
+                f"campaign spec field `backends.{role}.kind` = 'openai', but this {stage} worker's engine "
+                f"has {mode} = {getattr(config, mode)!r}: {hint}"
+            )
+    return ""
+
+
+def _check_settings(store: StateStore, engine, event: StageTask, stage: str) -> None:
+    reward, backends = _campaign_pins(store, campaign_of_session(event.session_id))
+    if reward is None and not backends:
+        return
+    reason = settings_mismatch(engine.config, stage, reward, backends)
+    if reason:
+        raise SettingsMismatch(reason)
 
 
 def _already_done(store: StateStore, session_id: str, step: Step) -> bool:
@@ -110,6 +203,8 @@ def execute(task: Task, stage: str, payload: dict) -> None:
     try:
         if FAULTS_ENABLED:
             _injected_fault(store, event)
+        if event.lane == "campaign":
+            _check_settings(store, engine, event, stage)
         step = run_stage(engine, store, event.session_id, event.turn, stage)
         _record_hop(task, event)
         # Publishing is inside the retry scope: a commit whose publish failed is retried,
@@ -121,21 +216,30 @@ def execute(task: Task, stage: str, payload: dict) -> None:
         log.error("refused %s event %r: %s", stage, msgspec.to_builtins(event), exc)
         _deadletter(msgspec.to_builtins(event), f"refused: {exc}")
         return
+    except SettingsMismatch as exc:
+        # Not transient: fail the session now, through the normal failure path.
+        _fail(event, stage, f"{stage} refused: {exc}")
+        return
     except Exception as exc:
         attempt = task.request.retries
         if attempt < MAX_RETRIES:
             log.warning("%s %s turn %d failed (%s), retry %d", stage, event.session_id, event.turn, exc, attempt + 1)
             raise task.retry(exc=exc, countdown=backoff_seconds(attempt), max_retries=MAX_RETRIES) from exc
-        reason = f"{stage} failed after {attempt + 1} attempts: {type(exc).__name__}: {exc}"
-        log.error("session %s failed: %s", event.session_id, reason)
-        _deadletter(msgspec.to_builtins(event), reason)
-        try:
-            # Where it failed, for `vars campaign failures` and `retry` (campaign sessions).
-            record_failure(store, store.session(event.session_id), stage, event.turn, reason)
-            finish(event.session_id, event.lane, failure=reason)
-        except Exception:  # e.g. the session itself is unreadable: the dead letter says why
-            log.exception("could not close failed session %s", event.session_id)
+        _fail(event, stage, f"{stage} failed after {attempt + 1} attempts: {type(exc).__name__}: {exc}")
         return
+
+
+def _fail(event: StageTask, stage: str, reason: str) -> None:
+    """Mark the session failed: dead letter, campaign failure entry, end (and the lane goes on)."""
+    store = runtime.store()
+    log.error("session %s failed: %s", event.session_id, reason)
+    _deadletter(msgspec.to_builtins(event), reason)
+    try:
+        # Where it failed, for `vars campaign failures` and `retry` (campaign sessions).
+        record_failure(store, store.session(event.session_id), stage, event.turn, reason)
+        finish(event.session_id, event.lane, failure=reason)
+    except Exception:  # e.g. the session itself is unreadable: the dead letter says why
+        log.exception("could not close failed session %s", event.session_id)
 
 
 def hops_key(store: StateStore, session_id: str) -> str:

@@ -1,0 +1,187 @@
+"""Campaign options: `parallelism` (a bound on lanes in flight), `reward` and
+`[backends.<role>]` pins, `--set` overrides; on real workers and Redis."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from scheduler.spec import SpecError, load_spec, parse_spec
+from vars_core.config import EngineConfig
+from workers.tasks import settings_mismatch
+
+SPEC = """
+name = "options"
+methods = ["vanilla", "rag_vector"]
+profiles = 4
+sessions = 2
+max_turns = 3
+datasets = ["mmlu"]
+seed = 3
+parallelism = 2
+"""
+
+
+def test_new_fields_parse_and_set_overrides():
+    spec = parse_spec(
+        SPEC + '\nreward = "keyword"\n[backends.agent]\nmodel = "m"\n',
+        overrides=["sessions=5", "parallelism=50", "backends.agent.base_url=http://h:8000/v1", "reward=llm"],
+    )
+    assert (spec.sessions, spec.parallelism, spec.reward) == (5, 50, "llm")
+    assert spec.backends.tables() == {"agent": {"model": "m", "base_url": "http://h:8000/v1"}}
+    assert parse_spec(SPEC.replace("parallelism = 2\n", "")).parallelism is None
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "field"),
+    [
+        (SPEC.replace("parallelism = 2", "parallelism = 0"), [], "`parallelism`"),
+        (SPEC.replace("parallelism = 2", 'parallelism = "x"'), [], "`parallelism`"),
+        (SPEC + 'reward = "llama"\n', [], "`reward`"),
+        (SPEC + "[backends.planner]\nmodel = 'x'\n", [], "`backends`"),
+        (SPEC + "[backends.agent]\nmax_tokens = 'many'\n", [], "`backends.agent.max_tokens`"),
+        (SPEC + "[backends.agent]\nbase_ur = 'x'\n", [], "`backends.agent`"),
+        (SPEC + "[backends.embedder]\npooling = 'max'\n", [], "`backends.embedder.pooling`"),
+        (SPEC, ["sesions=3"], "`sesions`"),
+        (SPEC, ["sessions=three"], "`sessions`"),
+        (SPEC, ["parallelism=-1"], "`parallelism`"),
+        (SPEC, ["backends.judge.temperature=hot"], "`backends.judge.temperature`"),
+        (SPEC, ["backends.agent.nope=1"], "`backends.agent`"),
+        (SPEC, ["noequals"], "noequals"),
+        (SPEC, ["sessions.x=1"], "`sessions`"),
+    ],
+)
+def test_bad_options_are_named(text, overrides, field):
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, overrides=overrides)
+    assert field in str(info.value)
+
+
+def test_cli_set_errors_before_enqueueing(tmp_path):
+    from scheduler.cli import main
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    assert load_spec(spec, ["max_turns=4"]).max_turns == 4
+    assert main(["campaign", "run", str(spec), "--detach", "--set", "parallelism=zero"]) == 2
+
+
+def test_settings_mismatch_names_the_field():
+    config = EngineConfig()
+    assert settings_mismatch(config, "judge", "keyword", {}) == ""
+    assert "`reward`" in settings_mismatch(config, "judge", "llm", {})
+    assert settings_mismatch(config, "simulate", "llm", {}) == ""  # simulate does not judge
+    reason = settings_mismatch(config, "generate", None, {"agent": {"base_url": "http://h:8000/v1"}})
+    assert "`backends.agent.base_url`" in reason
+    assert settings_mismatch(config, "generate", None, {"agent": {"kind": "scripted"}}) == ""
+    reason = settings_mismatch(config, "simulate", None, {"simulator": {"kind": "openai"}})
+    assert "`backends.simulator.kind`" in reason
+
+
+def test_launch_starts_parallelism_lanes_and_claims_are_idempotent(redis_url, namespace):
+    from scheduler.campaigns import plan_campaign
+    from scheduler.resume import resume_campaign
+    from vars_core.campaign import claim_next_lane, claimed_lanes, first_sessions, lanes, save_plan
+    from vars_core.engine import Engine
+    from vars_core.runner import lane_user_id
+    from vars_core.store import StateStore
+    from vars_core.store.connect import connect
+    from vars_core.store.redis_backend import RedisBackend
+
+    store = StateStore(RedisBackend(connect(redis_url)), namespace=namespace)
+    plan, profiles = plan_campaign(parse_spec(SPEC))
+    save_plan(store, plan, profiles)
+    engine = Engine(EngineConfig())
+    started = first_sessions(engine, store, plan)
+    order = lanes(plan)
+    assert [(s.profile_id, s.method) for s in started] == order[:2] and claimed_lanes(store, plan) == 2
+    done_lane = lane_user_id(plan.campaign_id, order[0][1], order[0][0])
+    assert claim_next_lane(store, plan, done_lane) == order[2]
+    assert claim_next_lane(store, plan, done_lane) == order[2]  # a duplicate end: the same lane
+    assert claimed_lanes(store, plan) == 3
+    events = []
+    report = resume_campaign(engine, store, plan.campaign_id, events.append)
+    assert sum(r.action == "waiting" for r in report.lanes) == len(order) - 3
+    resumed = {tuple(reversed(e.session_id.split(":")[1:3])) for e in events}
+    assert resumed == set(order[:3])  # the two launched lanes and the claimed one, no other
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """An embedded Redis of its own (its queues shared with no other test) and a worker
+    per stage, with the default (keyword judge) config."""
+    from scheduler.embedded_redis import EmbeddedRedis
+    from scheduler.local import spawn_workers, stop_processes
+
+    home = Path(tmp_path_factory.mktemp("options-home"))
+    embedded = EmbeddedRedis(home=home)
+    url = embedded.start()
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k == "VARS_CONFIG" or k.startswith("VARS_JUDGE")}
+    procs = spawn_workers(url, home / "logs", concurrency=2)
+    os.environ.update(saved)
+    try:
+        yield url
+    finally:
+        stop_processes([p.pid for p in procs])
+        embedded.stop()
+
+
+def _launch(url: str, text: str):
+    from scheduler.campaigns import launch
+    from vars_core.config import load_config
+    from vars_core.engine import Engine
+    from vars_core.store import StateStore
+    from vars_core.store.connect import connect
+    from vars_core.store.redis_backend import RedisBackend
+    from workers.app import make_app
+
+    store = StateStore(RedisBackend(connect(url)))
+    plan = launch(make_app(url), Engine(load_config()), store, parse_spec(text))
+    return store, plan
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_parallelism_bounds_lanes_in_flight(stack):
+    from scheduler.status import campaign_records, campaign_status
+
+    store, plan = _launch(stack, SPEC)
+    assert plan.parallelism == 2 and plan.total_sessions == 16
+    peak, samples = 0, 0
+    deadline = time.monotonic() + 240
+    while True:
+        status = campaign_status(store, plan.campaign_id)
+        assert status.running <= 2, status.to_json()
+        peak, samples = max(peak, status.running), samples + 1
+        if status.state == "finished":
+            break
+        assert time.monotonic() < deadline, f"not finished: {status.to_json()}"
+        time.sleep(0.05)
+    assert peak == 2 and samples > 5
+    assert (status.done, status.failed) == (16, 0), status.to_json()
+    records = campaign_records(store, plan.campaign_id)
+    keys = [(r.method, r.profile_id, r.session_index) for r in records]
+    assert len(keys) == 16 and len(set(keys)) == 16
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_reward_the_workers_lack_fails_its_sessions_at_once(stack):
+    from scheduler.status import campaign_status
+    from vars_core.campaign import failure_entries
+
+    text = SPEC.replace('["vanilla", "rag_vector"]', '["rag_vector"]').replace("profiles = 4", "profiles = 2")
+    store, plan = _launch(stack, text + 'reward = "llm"\n')
+    deadline = time.monotonic() + 120
+    while campaign_status(store, plan.campaign_id).state != "finished":
+        assert time.monotonic() < deadline, campaign_status(store, plan.campaign_id).to_json()
+        time.sleep(0.1)
+    status = campaign_status(store, plan.campaign_id)
+    failures = failure_entries(store, plan.campaign_id)
+    assert (status.failed, status.done) == (4, 0), status.to_json()
+    assert len(failures) == status.failed  # one attempt each: no retries
+    for failure in failures:
+        assert failure.stage == "judge" and "`reward`" in failure.reason and "judge" in failure.reason
