@@ -185,3 +185,32 @@ def test_a_reward_the_workers_lack_fails_its_sessions_at_once(stack):
     assert len(failures) == status.failed  # one attempt each: no retries
     for failure in failures:
         assert failure.stage == "judge" and "`reward`" in failure.reason and "judge" in failure.reason
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_small_campaign_is_not_starved_by_a_big_one(stack):
+    """Two campaigns on the same workers: the one launched second, and small, finishes
+    while the big one is still running (queues are FIFO per stage, and a bounded
+    campaign keeps only `parallelism` lanes' events in them)."""
+    from scheduler.status import campaign_status
+
+    big = SPEC.replace('name = "options"', 'name = "big"').replace(
+        'methods = ["vanilla", "rag_vector"]', 'methods = ["vanilla"]'
+    ).replace("profiles = 4", "profiles = 12").replace("sessions = 2", "sessions = 4")
+    small = SPEC.replace('name = "options"', 'name = "small"').replace(
+        'methods = ["vanilla", "rag_vector"]', 'methods = ["vanilla"]'
+    ).replace("profiles = 4", "profiles = 2").replace("sessions = 2", "sessions = 1")
+    store, big_plan = _launch(stack, big)
+    _, small_plan = _launch(stack, small)
+    deadline = time.monotonic() + 240
+    while campaign_status(store, small_plan.campaign_id).state != "finished":
+        assert time.monotonic() < deadline, "the small campaign did not finish"
+        time.sleep(0.05)
+    big_then = campaign_status(store, big_plan.campaign_id)
+    assert big_then.state == "running" and big_then.done < big_then.total, big_then.to_json()
+    while campaign_status(store, big_plan.campaign_id).state != "finished":
+        assert time.monotonic() < deadline, "the big campaign did not finish"
+        time.sleep(0.1)
+    final = campaign_status(store, big_plan.campaign_id)
+    assert (final.done, final.failed) == (48, 0), final.to_json()
