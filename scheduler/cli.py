@@ -126,15 +126,6 @@ def cmd_campaign_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def cmd_campaign_status(args: argparse.Namespace) -> int:
     import json
 
@@ -170,7 +161,9 @@ def cmd_campaign_status(args: argparse.Namespace) -> int:
     elif status.eta_s is None:
         print("eta: unknown until a session finishes")
     else:
-        print(f"eta: {_fmt_duration(status.eta_s)}")
+        from scheduler.watch import fmt_duration
+
+        print(f"eta: {fmt_duration(status.eta_s)}")
     return 0
 
 

@@ -4,6 +4,8 @@ Celery worker process per stage, consuming real queues."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,16 @@ from vars_core.store.connect import connect
 from vars_core.store.redis_backend import RedisBackend
 
 
+def run_vars(args: list[str], home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`vars ARGS` in a subprocess on the embedded default under ``home``."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["VARS_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
 class Pipeline:
     def __init__(self, home: Path, concurrency: int = 2) -> None:
         self.home = home
@@ -23,9 +35,12 @@ class Pipeline:
         self.concurrency = concurrency
         self.procs: list = []
         self.url = ""
+        self._saved_url: str | None = None
 
     def start(self) -> Pipeline:
         self.url = self.redis.start()
+        # CLI commands run in-process find this Redis; stop() puts the caller's back.
+        self._saved_url = os.environ.get("REDIS_URL")
         os.environ["REDIS_URL"] = self.url
         self.procs = spawn_workers(self.url, self.home / "logs", self.concurrency)
         return self
@@ -33,6 +48,10 @@ class Pipeline:
     def stop(self) -> None:
         stop_processes([p.pid for p in self.procs])
         self.redis.stop()
+        if self._saved_url is None:
+            os.environ.pop("REDIS_URL", None)
+        else:
+            os.environ["REDIS_URL"] = self._saved_url
 
     def store(self) -> StateStore:
         return StateStore(RedisBackend(connect(self.url)))

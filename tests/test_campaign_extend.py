@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 
 import pytest
@@ -134,14 +133,9 @@ def test_watch_refreshes_until_ctrl_c():
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    saved = os.environ.get("REDIS_URL")
     pipe = Pipeline(tmp_path_factory.mktemp("extend-home")).start()
     yield pipe
     pipe.stop()
-    if saved is None:
-        os.environ.pop("REDIS_URL", None)
-    else:
-        os.environ["REDIS_URL"] = saved
 
 
 @pytest.mark.integration

@@ -111,14 +111,9 @@ def test_resume_lane_stalled_only_after_the_wait(engine):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    saved = os.environ.get("REDIS_URL")
     pipe = Pipeline(tmp_path_factory.mktemp("resume-home")).start()
     yield pipe
     pipe.stop()
-    if saved is None:
-        os.environ.pop("REDIS_URL", None)
-    else:
-        os.environ["REDIS_URL"] = saved
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:

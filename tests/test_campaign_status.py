@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from scheduler.campaigns import plan_campaign
 from scheduler.spec import parse_spec
 from scheduler.status import UnknownCampaign, campaign_records, campaign_status, list_campaigns
+from tests.pipeline_harness import run_vars
 from vars_core.campaign import first_sessions, register_campaign, save_plan
 from vars_core.config import config_from_env
 from vars_core.engine import Engine
@@ -34,12 +33,7 @@ seed = 3
 
 
 def _vars(args: list[str], home: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
-    env["VARS_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )
+    return run_vars(args, home, timeout)
 
 
 def _check_sums(status: dict) -> None:

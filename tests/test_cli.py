@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from scheduler.embedded_redis import process_alive as _alive
+from tests.pipeline_harness import run_vars
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,12 +25,7 @@ seed = 1
 
 
 def _vars(args: list[str], home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded default
-    env["VARS_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )
+    return run_vars(args, home, timeout)
 
 
 def _results(results: Path) -> list[dict]:

@@ -546,11 +546,9 @@ class LLMUser:
     ) -> SimulatorTurn:
         """The scripted user's turn for the same inputs, marked with ``reason``."""
         self.stats.incr("fallbacks")
-        result = simulate_turn(profile, problem, opening, history, turn, max_turns, rng, self.params)
-        if result.terminate and self.answer_judge is not None:
-            # Graded like the model's turns: the scripted rule grades without a judge.
-            agent_reply = next((m.content for m in reversed(history) if m.role == "assistant"), "")
-            result = replace(result, solved=self._solved(problem, agent_reply, result.draft_answer))
+        result = simulate_turn(
+            profile, problem, opening, history, turn, max_turns, rng, self.params, self.answer_judge
+        )
         if turn > max_turns:
             self.stats.incr("timeouts")
         return replace(result, fallback=reason)
