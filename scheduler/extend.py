@@ -17,6 +17,11 @@ matter of a larger plan and, for lanes that had stopped, starting their next ses
    committed, as ``workers.tasks.finish`` does, so at worst one duplicate delivery, which
    the idempotent commits absorb.
 
+3. With bounded parallelism (plan ``parallelism`` P) the completed lanes are not all
+   started at once: they are queued as restarts (``vars_core.campaign.queue_restarts``) and
+   only as many start as leave at most P lanes in flight; each lane that completes later
+   claims the next one, as lanes do at launch.
+
 Re-running an interrupted extend (same or larger N) picks up the lanes it had not started.
 Sessions are reproducible by (seed, profile, index) and the lane's memory, so sessions
 past the old total equal those of a campaign planned that long from the start.
@@ -29,7 +34,17 @@ from celery import Celery
 
 from queues.events import StageTask
 from scheduler.status import UnknownCampaign, _plan
-from vars_core.campaign import CANCELLED, FINISHED_AT, CampaignPlan, lane_session
+from vars_core.campaign import (
+    CANCELLED,
+    FINISHED_AT,
+    CampaignPlan,
+    claim_next_lane,
+    claimed_lanes,
+    lane_session,
+    lanes,
+    pending_restarts,
+    queue_restarts,
+)
 from vars_core.engine import Engine
 from vars_core.runner import lane_user_id, session_id_for
 from vars_core.stages.lifecycle import START_TURN
@@ -97,6 +112,8 @@ def extend_campaign(
     a ``sessions`` not above the plan's."""
     old, plan = _store_plan(store, campaign_id, sessions)
     result = ExtendResult(campaign_id, old.sessions, plan.sessions, plan.total_sessions)
+    if plan.parallelism is not None:
+        return _extend_bounded(app, engine, store, plan, result)
     events = []
     for profile_id in plan.profile_ids:
         for method in plan.methods:
@@ -111,6 +128,39 @@ def extend_campaign(
             if not store.is_committed(state.session_id, 1, "simulate"):
                 events.append(StageTask(state.session_id, 1, "simulate", "campaign"))
             result.started.append(state.session_id)
+    publish_many(app, events)
+    return result
+
+
+def _extend_bounded(
+    app: Celery, engine: Engine, store: StateStore, plan: CampaignPlan, result: ExtendResult
+) -> ExtendResult:
+    """Queue the completed lanes as restarts and start as many as the bound leaves free."""
+    waiting = {lane for lane, _ in pending_restarts(store, plan)}
+    in_flight, restarts = 0, []
+    for position, (profile_id, method) in enumerate(lanes(plan)[: claimed_lanes(store, plan)]):
+        if position in waiting:
+            continue  # queued by an earlier extend: it waits for a free slot
+        user_id = lane_user_id(plan.campaign_id, method, profile_id)
+        last = _highest_started(store, user_id, plan.sessions)
+        ended = last > 0 and store.is_committed(session_id_for(user_id, last), START_TURN, "end")
+        if last >= plan.sessions or not ended or last < result.previous:
+            # claimed and not yet started, running, between sessions, or at the new end
+            in_flight += int(not (last >= plan.sessions and ended))
+            result.running += int(last < plan.sessions)
+            continue
+        restarts.append((position, last + 1))
+    queue_restarts(store, plan, restarts)
+    events = []
+    for slot in range(max(0, (plan.parallelism or 0) - in_flight)):
+        # Named by the new total and the slot, so a claim is made once per extend.
+        claim = claim_next_lane(store, plan, f"extend@{plan.sessions}#{slot}")
+        if claim is None:
+            break
+        state = lane_session(engine, store, plan, claim.profile_id, claim.method, claim.first_index)
+        if not store.is_committed(state.session_id, 1, "simulate"):
+            events.append(StageTask(state.session_id, 1, "simulate", "campaign"))
+        result.started.append(state.session_id)
     publish_many(app, events)
     return result
 

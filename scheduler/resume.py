@@ -44,16 +44,19 @@ from typing import Literal
 import msgspec
 
 from queues.events import StageTask
+from queues.topology import queue_for
 from scheduler.status import UnknownCampaign, _plan
 from vars_core.campaign import (
     CampaignPlan,
     claim_next_lane,
     claimed_lanes,
     claimed_successor,
+    completion,
     is_cancelled,
     lane_session,
     lanes,
     launched_at,
+    pending_restarts,
     progress,
     registered_campaigns,
 )
@@ -66,7 +69,7 @@ from vars_core.store import StateStore
 from vars_core.types import SessionState, SimulatorTurn
 
 Publish = Callable[[StageTask], None]
-Action = Literal["republished", "started", "complete", "running", "cancelled", "waiting"]
+Action = Literal["republished", "started", "complete", "running", "cancelled", "waiting", "queued"]
 
 
 class ResumeRefused(RuntimeError):
@@ -78,7 +81,9 @@ class LaneResult(msgspec.Struct):
 
     method: str
     profile_id: str
-    action: Action  # republished | started | complete | running (not stalled) | cancelled
+    # republished | started | complete | running (not stalled) | cancelled | waiting (for a
+    # lane slot) | queued (stalled, but its stage's queue is not empty: the sweeper waits)
+    action: Action
     session_id: str = ""
     stage: str = ""
     turn: int = 0
@@ -142,6 +147,14 @@ def _stalled(
     return now - last > stalled_after
 
 
+def _queue_depth(store: StateStore, stage: str) -> int:
+    """Messages waiting in the campaign queue of ``stage`` (a Redis list named after it)."""
+    try:
+        return store.backend.llen(queue_for(stage, "campaign"))
+    except TypeError:  # not a list: an in-memory store, or nothing there
+        return 0
+
+
 def resume_lane(
     engine: Engine,
     store: StateStore,
@@ -161,6 +174,11 @@ def resume_lane(
     out: list[LaneResult] = []
 
     def republish(event: StageTask, ends: bool) -> None:
+        if stalled_after is not None and _queue_depth(store, event.stage) > 0:
+            # A deep queue makes every waiting session look stalled; its event is most
+            # likely still in there. Republish only once that queue has drained.
+            out.append(LaneResult(method, profile_id, "queued", event.session_id, event.stage, event.turn))
+            return
         publish(event)
         store.backend.apply([store.progress_op(event.session_id, now)])
         out.append(LaneResult(method, profile_id, "republished", event.session_id, event.stage, event.turn, ends))
@@ -181,8 +199,12 @@ def resume_lane(
         return out or [LaneResult(method, profile_id, "complete")]
     if is_cancelled(store, cid):
         return [*out, LaneResult(method, profile_id, "cancelled")]
-    if not last and plan.parallelism is not None and lanes(plan).index((profile_id, method)) >= claimed_lanes(store, plan):
-        return [*out, LaneResult(method, profile_id, "waiting")]  # starts when a lane completes
+    if plan.parallelism is not None:
+        position = lanes(plan).index((profile_id, method))
+        if not last and position >= claimed_lanes(store, plan):
+            return [*out, LaneResult(method, profile_id, "waiting")]  # starts when a lane completes
+        if last and position in {lane for lane, _ in pending_restarts(store, plan)}:
+            return [*out, LaneResult(method, profile_id, "waiting")]  # an extend queued it
     previous = session_id_for(user, last) if last else None
     if not _stalled(store, previous, since, stalled_after, now):
         # Just ended (the worker that ended it starts the next one), or just launched.
@@ -212,18 +234,19 @@ def start_successors(
     for profile_id, method in lanes(plan):
         user = lane_user_id(plan.campaign_id, method, profile_id)
         last = session_id_for(user, plan.sessions)
-        if not _ended(store, last) or claimed_successor(store, plan, user) is not None:
+        done = completion(user, plan.sessions)
+        if not _ended(store, last) or claimed_successor(store, plan, done) is not None:
             continue
         if not _stalled(store, last, since, stalled_after, now):
             continue  # just ended: the worker that ended it claims the successor
-        claimed = claim_next_lane(store, plan, user)
-        if claimed is None:
+        claim = claim_next_lane(store, plan, done)
+        if claim is None:
             break  # every lane has been claimed
-        state = lane_session(engine, store, plan, claimed[0], claimed[1], 1)  # idempotent
+        state = lane_session(engine, store, plan, claim.profile_id, claim.method, claim.first_index)  # idempotent
         if not store.is_committed(state.session_id, 1, "simulate"):
             publish(StageTask(state.session_id, 1, "simulate", "campaign"))
             store.backend.apply([store.progress_op(state.session_id, now)])
-        out.append(LaneResult(claimed[1], claimed[0], "started", state.session_id, "simulate", 1))
+        out.append(LaneResult(claim.method, claim.profile_id, "started", state.session_id, "simulate", 1))
     return out
 
 

@@ -40,6 +40,7 @@ from vars_core.campaign import (
 from vars_core.runner import lane_user_id, session_id_for
 from vars_core.stages.lifecycle import START_TURN
 from vars_core.store import StateStore
+from vars_core.store.state import decode
 from vars_core.types import SessionRecord
 
 
@@ -139,12 +140,9 @@ def campaign_records(store: StateStore, campaign_id: str) -> list[SessionRecord]
     for session_id in finished_session_ids(store, campaign_id):
         order.pop(session_id, None)
         order[session_id] = None
-    records = []
-    for session_id in order:
-        record = store.session_record(session_id)
-        if record is not None:
-            records.append(record)
-    return records
+    ids = list(order)
+    raw = store.backend.mget([store.keys.session(session_id, "record") for session_id in ids])
+    return [decode(data, SessionRecord) for data in raw if data is not None]
 
 
 def campaign_status(store: StateStore, campaign_id: str, now: float | None = None) -> CampaignStatus:
@@ -158,16 +156,20 @@ def campaign_status(store: StateStore, campaign_id: str, now: float | None = Non
             counts.failed += 1
         else:
             counts.done += 1
+    # Each lane's next session: running when its start is committed and its end is not.
+    nexts = []
     for method in plan.methods:
         for profile_id in plan.profile_ids:
             index = per_lane[(method, profile_id)] + 1
-            if index > plan.sessions:
-                continue
-            session_id = session_id_for(lane_user_id(campaign_id, method, profile_id), index)
-            if store.is_committed(session_id, START_TURN, "start") and not store.is_committed(
-                session_id, START_TURN, "end"
-            ):
-                methods[method].running += 1
+            if index <= plan.sessions:
+                nexts.append((method, session_id_for(lane_user_id(campaign_id, method, profile_id), index)))
+    markers = []
+    for _, session_id in nexts:
+        markers += [store.keys.marker(session_id, START_TURN, "start"), store.keys.marker(session_id, START_TURN, "end")]
+    found = store.backend.exists_many(markers)
+    for i, (method, _) in enumerate(nexts):
+        if found[2 * i] and not found[2 * i + 1]:
+            methods[method].running += 1
 
     done = sum(c.done for c in methods.values())
     failed = sum(c.failed for c in methods.values())

@@ -202,3 +202,32 @@ def test_extend_finished_and_running_campaigns(pipeline, capsys):
     rc, _, err = _cli(capsys, "extend", plan.campaign_id, "--sessions", "4")
     assert rc == 2 and "cancelled" in err
     assert campaign_status(store, plan.campaign_id).total == 8  # the plan is left as it was
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_extend_keeps_the_parallelism_bound(pipeline, capsys):
+    """A finished campaign with parallelism 2 (4 lanes) extended by a session: the lanes
+    are restarted two at a time, never more, and every session runs once, equal to a
+    campaign planned with the larger total from the start."""
+    store, app, engine = pipeline.store(), pipeline.app(), Engine()
+    bounded = dict(SPEC, methods=["vanilla", "rag_vector"], seed=12, parallelism=2)
+    plan = launch(app, engine, store, CampaignSpec(name="bounded", sessions=1, **bounded))
+    reference = launch(app, engine, store, CampaignSpec(name="bounded", sessions=2, **bounded))
+    pipeline.wait_for(lambda: sum(progress(store, plan.campaign_id)) >= 4, timeout_s=90, what="the first pass")
+
+    rc, out, err = _cli(capsys, "extend", plan.campaign_id, "--sessions", "2")
+    assert rc == 0, err
+    assert "2 lane(s) started again" in out, out
+    peak, deadline = 0, time.monotonic() + 120
+    while sum(progress(store, plan.campaign_id)) < 8:
+        peak = max(peak, campaign_status(store, plan.campaign_id).running)
+        assert peak <= 2, campaign_status(store, plan.campaign_id).to_json()
+        assert time.monotonic() < deadline, campaign_status(store, plan.campaign_id).to_json()
+        time.sleep(0.02)
+    pipeline.wait_for(
+        lambda: sum(progress(store, reference.campaign_id)) >= 8, timeout_s=120, what="the reference"
+    )
+    pipeline.wait_for(pipeline.queues_empty, timeout_s=30, what="the queues to drain")
+    assert progress(store, plan.campaign_id) == (8, 0)
+    assert _exported(capsys, plan.campaign_id) == _exported(capsys, reference.campaign_id)

@@ -107,6 +107,26 @@ def test_resume_lane_stalled_only_after_the_wait(engine):
     assert [(r.action, r.session_id) for r in report.lanes] == [("republished", sid)]
 
 
+def test_the_sweeper_waits_while_the_stage_queue_is_not_empty(engine):
+    """A deep queue makes waiting sessions look stalled: the sweeper leaves them be until
+    that stage's queue has drained; resume (asked for by hand) republishes regardless."""
+    from vars_core.store.backend import Op
+
+    store, plan = _memory_plan(engine, methods=("vanilla",))
+    method, profile_id = plan.methods[0], plan.profile_ids[0]
+    sid, published = lane_session(engine, store, plan, profile_id, method, 1).session_id, []
+    base = store.last_progress(sid)
+    store.backend.apply([Op("rpush", "vars.simulate", value=b"someone else's event")])
+    results = resume_lane(engine, store, plan, method, profile_id, published.append, stalled_after=10, now=base + 20)
+    assert [(r.action, r.stage) for r in results] == [("queued", "simulate")] and not published
+    store.backend.apply([Op("del", "vars.simulate")])
+    results = resume_lane(engine, store, plan, method, profile_id, published.append, stalled_after=10, now=base + 20)
+    assert [r.action for r in results] == ["republished"] and len(published) == 1
+    store.backend.apply([Op("rpush", "vars.simulate", value=b"x")])
+    resume_campaign(engine, store, plan.campaign_id, published.append)
+    assert len(published) == 2
+
+
 # --- real workers and Redis -----------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,13 @@ and ``successors`` (hash: completed lane's user id -> the lane index it claimed)
 claim is one WATCH transaction over both, so two workers never claim the same lane and a
 duplicate end of one lane claims nothing new (it gets the same lane back, whose start is
 idempotent). Lanes in flight = claimed - completed <= P.
+
+``vars campaign extend`` on such a campaign appends the lanes that had completed to
+``restarts`` (a list of ``lane index:first session``, in lane order, with its own cursor
+``next_restart``), and starts only as many as the bound leaves free. A claim takes the
+cursor's next lane first and, once every lane has been claimed, the next restart. A lane's completion is named by its user id and
+the session it completed at (``user@index``), so its completion after an extend is a new
+claim, not a duplicate of the one before.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ class CampaignPlan(msgspec.Struct, frozen=True):
     seed: int
     parallelism: int | None = None  # lanes in flight at once; None: all
     # Engine settings the spec pins (reward judge; backends.<role> tables as written);
-    # workers refuse a campaign whose pins differ from their own config (workers/tasks.py).
+    # workers apply them over their own config for this campaign (workers/runtime.py).
     reward: str | None = None
     backends: dict[str, dict] = msgspec.field(default_factory=dict)
 
@@ -85,6 +92,20 @@ def lane_session(
 
 
 NEXT_LANE, SUCCESSORS = "next_lane", "successors"
+RESTARTS, NEXT_RESTART = "restarts", "next_restart"
+
+
+class LaneClaim(msgspec.Struct, frozen=True):
+    """A lane to start (or go on with) because another completed."""
+
+    profile_id: str
+    method: str
+    first_index: int  # its first session to run: 1, or the one after an extend
+
+
+def completion(user_id: str, session_index: int) -> str:
+    """The successors field naming a lane's completion at ``session_index``."""
+    return f"{user_id}@{session_index}"
 
 
 def lanes(plan: CampaignPlan) -> list[tuple[str, str]]:
@@ -106,32 +127,74 @@ def claimed_lanes(store: StateStore, plan: CampaignPlan) -> int:
     return initial_lanes(plan) if raw is None else int(raw)
 
 
-def claimed_successor(store: StateStore, plan: CampaignPlan, completed_user: str) -> int | None:
-    raw = store.backend.hget(store.keys.campaign(plan.campaign_id, SUCCESSORS), completed_user)
-    return None if raw is None else int(raw)
+def claimed_successor(store: StateStore, plan: CampaignPlan, completed: str) -> str | None:
+    """What completion ``completed`` (``completion(user, index)``) claimed, or None."""
+    raw = store.backend.hget(store.keys.campaign(plan.campaign_id, SUCCESSORS), completed)
+    return None if raw is None else raw.decode()
 
 
-def claim_next_lane(store: StateStore, plan: CampaignPlan, completed_user: str) -> tuple[str, str] | None:
-    """The lane to start because lane ``completed_user`` completed: the next one not yet
-    claimed, or the one this lane claimed before (a duplicate end). None when every lane
-    has been claimed."""
+def pending_restarts(store: StateStore, plan: CampaignPlan) -> list[tuple[int, int]]:
+    """(lane index, first session) of the lanes an extend queued and no claim took yet."""
+    raw = store.backend.get(store.keys.campaign(plan.campaign_id, NEXT_RESTART))
+    taken = int(raw) if raw is not None else 0
+    queued = store.backend.lrange(store.keys.campaign(plan.campaign_id, RESTARTS), taken, -1)
+    return [_restart(entry.decode()) for entry in queued]
+
+
+def _restart(entry: str) -> tuple[int, int]:
+    lane, _, first = entry.partition(":")
+    return int(lane), int(first)
+
+
+def claim_next_lane(store: StateStore, plan: CampaignPlan, completed: str) -> LaneClaim | None:
+    """The lane to start because of ``completed`` (``completion(user, index)``, or a name
+    of the extend's own): the next lane the cursor has not reached, else the next queued
+    restart, or what the same completion claimed before (a duplicate end). None when
+    nothing is left to start."""
     cursor = store.keys.campaign(plan.campaign_id, NEXT_LANE)
     successors = store.keys.campaign(plan.campaign_id, SUCCESSORS)
+    restarts = store.keys.campaign(plan.campaign_id, RESTARTS)
+    next_restart = store.keys.campaign(plan.campaign_id, NEXT_RESTART)
     order = lanes(plan)
 
-    def build() -> tuple[list[Op], int | None]:
-        prior = store.backend.hget(successors, completed_user)
+    def build() -> tuple[list[Op], str | None]:
+        prior = store.backend.hget(successors, completed)
         if prior is not None:
-            return [], int(prior)
+            return [], prior.decode()
         claimed = claimed_lanes(store, plan)
-        if claimed >= len(order):
+        if claimed < len(order):
+            value = f"{claimed}:1"
+            return [Op("set", cursor, value=str(claimed + 1).encode()), Op("hset", successors, completed, value.encode())], value
+        raw = store.backend.get(next_restart)
+        taken = int(raw) if raw is not None else 0
+        queued = store.backend.lrange(restarts, taken, taken)
+        if not queued:
             return [], None
-        value = str(claimed).encode()
-        ops = [Op("set", cursor, value=str(claimed + 1).encode()), Op("hset", successors, completed_user, value)]
-        return ops, claimed
+        ops = [Op("set", next_restart, value=str(taken + 1).encode()), Op("hset", successors, completed, queued[0])]
+        return ops, queued[0].decode()
 
-    index = store.backend.transact([cursor, successors], build)
-    return None if index is None or index >= len(order) else order[index]
+    value = store.backend.transact([cursor, successors, restarts, next_restart], build)
+    if value is None:
+        return None
+    lane, first = _restart(value)
+    if lane >= len(order):
+        return None
+    profile_id, method = order[lane]
+    return LaneClaim(profile_id, method, first)
+
+
+def queue_restarts(store: StateStore, plan: CampaignPlan, entries: list[tuple[int, int]]) -> None:
+    """Append lanes to restart (an extend under bounded parallelism); a lane still waiting
+    in the queue is not queued twice, so an interrupted extend can run again."""
+    restarts = store.keys.campaign(plan.campaign_id, RESTARTS)
+    next_restart = store.keys.campaign(plan.campaign_id, NEXT_RESTART)
+
+    def build() -> tuple[list[Op], None]:
+        waiting = {lane for lane, _ in pending_restarts(store, plan)}
+        values = [f"{lane}:{first}".encode() for lane, first in entries if lane not in waiting]
+        return [Op("rpush", restarts, value=v) for v in values], None
+
+    store.backend.transact([restarts, next_restart], build)
 
 
 def first_sessions(engine: Engine, store: StateStore, plan: CampaignPlan) -> list[SessionState]:
@@ -157,10 +220,10 @@ def next_in_lane(engine: Engine, store: StateStore, finished: SessionState) -> S
             return None
         # The lane is complete: start the next lane not yet started (bounded parallelism).
         user = lane_user_id(plan.campaign_id, finished.method, finished.profile_id)
-        claimed = claim_next_lane(store, plan, user)
+        claimed = claim_next_lane(store, plan, completion(user, finished.session_index))
         if claimed is None:
             return None
-        return lane_session(engine, store, plan, claimed[0], claimed[1], 1)
+        return lane_session(engine, store, plan, claimed.profile_id, claimed.method, claimed.first_index)
     return lane_session(
         engine, store, plan, finished.profile_id, finished.method, finished.session_index + 1
     )

@@ -90,6 +90,9 @@ def glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in _GLOB_SPECIALS else ch for ch in text)
 
 
+BULK_CHUNK = 1000  # keys per MGET / pipeline in bulk reads
+
+
 class RedisBackend:
     """KVBackend over a redis-py client created with ``decode_responses=False``."""
 
@@ -126,6 +129,23 @@ class RedisBackend:
 
     def exists(self, key: str) -> bool:
         return bool(self._reader().exists(key))
+
+    # Bulk reads for status and export over tens of thousands of sessions: one round trip
+    # per chunk instead of one per key.
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for start in range(0, len(keys), BULK_CHUNK):
+            out.extend(self.client.mget(keys[start : start + BULK_CHUNK]))
+        return out
+
+    def exists_many(self, keys: list[str]) -> list[bool]:
+        out: list[bool] = []
+        for start in range(0, len(keys), BULK_CHUNK):
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys[start : start + BULK_CHUNK]:
+                pipe.exists(key)
+            out.extend(bool(n) for n in pipe.execute())
+        return out
 
     def lrange(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
         return list(self._reader().lrange(key, start, end))
