@@ -13,25 +13,64 @@ STAGE_NAMES = ("simulate", "judge", "update", "extract", "retrieve", "generate")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.pool import (
+        PoolRefused,
+        check_gpu_ids,
+        choose_pool,
+        cuda_visible_devices,
+        node_name,
+    )
+
     if args.gpu is not None:
+        try:
+            check_gpu_ids(args.gpu)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         # Before anything imports torch: a worker sees only its own GPUs.
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(args.gpu, os.environ)
+    from vars_core.config import ConfigError, config_from_env
+
+    try:
+        choice = choose_pool(args.stage, config_from_env(), args.pool, args.concurrency)
+    except (ConfigError, PoolRefused) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not choice.batcher:  # one thread, or processes: nothing to merge, only waits to add
+        os.environ["VARS_BATCHER__ENABLED"] = "false"
     from scheduler.embedded_redis import resolve_redis_url
 
     url, _ = resolve_redis_url(local=False)
     os.environ["REDIS_URL"] = url
+    import socket
+
     from queues.topology import queue_for
+    from workers import control, runtime
     from workers.app import app
 
-    queues = f"{queue_for(args.stage, 'live')},{queue_for(args.stage, 'campaign')}"
-    name = f"{args.stage}-gpu{args.gpu}@%h" if args.gpu is not None else f"{args.stage}@%h"
+    queues = [queue_for(args.stage, "live"), queue_for(args.stage, "campaign")]
+    name = node_name(args.stage, args.gpu)
+    print(f"{name.replace('%h', socket.gethostname())}: {choice.reason}", file=sys.stderr, flush=True)
+    control.set_identity(
+        stage=args.stage, queues=queues, pool=choice.pool, batcher=choice.batcher,
+        concurrency=args.concurrency, gpu=args.gpu,
+    )
+    if choice.pool != "prefork":
+        # Models load once, here, in the process whose threads share them (a bad model
+        # path fails the start, not every task). A prefork parent loads nothing: its
+        # children load their own after the fork.
+        try:
+            runtime.preload(args.stage)
+        except Exception as exc:
+            print(f"error: the {args.stage} worker cannot load its models: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
     app.worker_main(
         [
             "worker",
-            "-Q", queues,
+            "-Q", ",".join(queues),
             "-n", name,
             "-c", str(args.concurrency),
-            "-P", args.pool,
+            "-P", choice.pool,
             "--loglevel", args.loglevel,
             "--without-gossip",
             "--without-mingle",
@@ -451,7 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--stage", required=True, choices=STAGE_NAMES)
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--gpu", default=None, help="GPU ids for CUDA_VISIBLE_DEVICES, e.g. 0 or 0,1")
-    worker.add_argument("--pool", default="threads", choices=("threads", "solo", "prefork"))
+    worker.add_argument(
+        "--pool", default="auto", choices=("auto", "threads", "prefork", "solo"),
+        help="auto (default): threads, with the dynamic batcher for in-process models on a GPU; "
+        "prefork is refused for a model on a GPU (CUDA cannot be used in a process that forks)",
+    )
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
 
@@ -579,6 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
     from scheduler.profiles_cli import add_profiles_parser
 
     add_profiles_parser(sub)
+    from scheduler.gateway_cli import add_gateway_parsers
+
+    add_gateway_parsers(sub)
+    from scheduler.daemon_cli import add_scheduler_parser
+
+    add_scheduler_parser(sub)
     return parser
 
 

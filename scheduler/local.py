@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from scheduler.embedded_redis import EmbeddedRedis, process_alive, resolve_redis_url, vars_home
@@ -20,7 +21,15 @@ def worker_command(stage: str, concurrency: int = 2) -> list[str]:
     return [sys.executable, "-m", "scheduler.cli", "worker", "--stage", stage, "--concurrency", str(concurrency)]
 
 
-def spawn_workers(redis_url: str, log_dir: Path, concurrency: int = 2, detach: bool = False) -> list[subprocess.Popen]:
+def spawn_workers(
+    redis_url: str,
+    log_dir: Path,
+    concurrency: int = 2,
+    detach: bool = False,
+    stage_env: Callable[[str], dict[str, str]] | None = None,
+) -> list[subprocess.Popen]:
+    """One worker per stage; ``stage_env(stage)`` adds variables to one worker's
+    environment (e.g. its own VARS_METRICS_PORT)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
     procs = []
@@ -29,7 +38,7 @@ def spawn_workers(redis_url: str, log_dir: Path, concurrency: int = 2, detach: b
         procs.append(
             subprocess.Popen(
                 worker_command(stage, concurrency),
-                env=env,
+                env={**env, **(stage_env(stage) if stage_env else {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -29,10 +30,16 @@ def run_vars(args: list[str], home: Path, timeout: float = 300) -> subprocess.Co
 
 
 class Pipeline:
-    def __init__(self, home: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        home: Path,
+        concurrency: int = 2,
+        stage_env: Callable[[str], dict[str, str]] | None = None,
+    ) -> None:
         self.home = home
         self.redis = EmbeddedRedis(home=home)
         self.concurrency = concurrency
+        self.stage_env = stage_env  # extra environment of one stage's worker
         self.procs: list = []
         self.url = ""
         self._saved_url: str | None = None
@@ -42,7 +49,7 @@ class Pipeline:
         # CLI commands run in-process find this Redis; stop() puts the caller's back.
         self._saved_url = os.environ.get("REDIS_URL")
         os.environ["REDIS_URL"] = self.url
-        self.procs = spawn_workers(self.url, self.home / "logs", self.concurrency)
+        self.procs = spawn_workers(self.url, self.home / "logs", self.concurrency, stage_env=self.stage_env)
         return self
 
     def stop(self) -> None:

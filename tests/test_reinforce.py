@@ -201,3 +201,41 @@ def test_reset_session_zeroes_only_z_short():
         7,
         V,
     )
+
+
+def test_restatement_gradient_moves_the_restated_card_above_those_before_it():
+    from vars_core.reinforce import restatement_gradient
+
+    items = [[1.0, 0.0], [0.0, 1.0], [0.2, 0.9]]
+    trace = _trace(items, [0.4, 0.4, 0.2], chosen=[0, 1])
+    # card 1 was second: it moves above card 0 only
+    assert np.allclose(restatement_gradient(trace, [1]), [-1.0, 1.0])
+    # card 2 was not chosen: it moves above both chosen cards (v2 - their mean)
+    assert np.allclose(restatement_gradient(trace, [2]), [-0.3, 0.4])
+    # card 0 was already first: nothing to move
+    assert np.allclose(restatement_gradient(trace, [0]), [0.0, 0.0])
+
+
+def test_restatement_credit_only_on_restate_turns_and_when_on():
+    items = [[1.0, 0.0], [0.0, 1.0]]
+    trace = _trace(items, [0.5, 0.5], chosen=[0, 1])
+    vector = _vector(z_long=(0.0, 0.0), z_short=(0.0, 0.0), baseline=-1.0)
+    restate = JudgeResult(label="neg_constraint_restate", confidence=1.0, reward=-1.0, apply=True, g=1.0)
+    off, _ = reinforce_update(vector, trace, restate, ReinforceConfig(), PolicyConfig(), restated=[1])
+    on, _ = reinforce_update(vector, trace, restate, ReinforceConfig(restate_credit=0.1), PolicyConfig(), restated=[1])
+    # advantage 0 (reward == baseline): only the credit moves z_long, towards card 1 over card 0
+    assert np.allclose(off.z_long, [0.0, 0.0])
+    assert np.allclose(on.z_long, [-0.2, 0.2])  # 0.1 * beta_L 2.0 * g 1.0 * (v1 - v0)
+    praise = JudgeResult(label="pos_praise", confidence=1.0, reward=0.8, apply=True, g=1.0)
+    cfg = ReinforceConfig(restate_credit=0.1, eta_long=0.0, eta_short=0.0)
+    unchanged, _ = reinforce_update(vector, trace, praise, cfg, PolicyConfig(), restated=[1])
+    assert np.allclose(unchanged.z_long, [0.0, 0.0])
+
+
+def test_restated_notes_match_note_form_only():
+    from vars_core.notes import restated_notes
+
+    notes = ["When you give code, use snake_case.", "When a list has steps, number them.", ""]
+    message = "As I mentioned before: when a list has steps, number them. Please revise your answer."
+    assert restated_notes(message, notes) == [1]
+    assert restated_notes("Please number the steps.", notes) == []  # a paraphrase is not matched

@@ -34,6 +34,10 @@ class ReinforceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     decay_short: float = 0.1  # lambda: z_short decay per applied update
     gradient: Literal["exact", "heuristic"] = "exact"
     min_advantage: float = 1e-6
+    # Restatement credit: when the user restates a preference that is one of the rated
+    # turn's candidate cards, z_long also moves that card above the cards the list put
+    # before it (0: off; see vars_core/reinforce.py restatement_gradient).
+    restate_credit: float = 0.0
 
 
 class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -84,6 +88,17 @@ class RerankerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     endpoint: Literal["rerank", "score"] = "rerank"
 
 
+class BatcherConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The dynamic batcher of in-process models (embedder, reranker): concurrent requests
+    of one process are merged into one forward pass of up to ``max_items`` items, waiting
+    at most ``max_wait_ms`` after the first. ``enabled``: true, false, or "auto" (batch
+    models on an accelerator; on CPU keep one text per pass, which is bit-reproducible)."""
+
+    enabled: bool | Literal["auto"] = "auto"
+    max_items: int = 32
+    max_wait_ms: float = 5.0
+
+
 class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     policy: PolicyConfig = PolicyConfig()
     reinforce: ReinforceConfig = ReinforceConfig()
@@ -109,6 +124,7 @@ class EngineConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     answer_judge_llm: LLMConfig = LLMConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     reranker: RerankerConfig = RerankerConfig()
+    batcher: BatcherConfig = BatcherConfig()
     method: str = "rag_vector"  # the live method when a caller names none
     cold_start: Literal["zero", "tenant_mean"] = "zero"  # live users only; campaigns: zero
     context_budget_tokens: int = 2000  # contextual: history above this is summarized

@@ -222,9 +222,13 @@ def _parameters(factory: Any) -> set[str]:
 
 
 def _minilm(
-    device: str = "cpu", batch_size: int = 32, max_length: int = 256, query_prefix: str = ""
+    device: str = "cpu",
+    batch_size: int = 32,
+    max_length: int = 256,
+    query_prefix: str = "",
+    batch_invariant: bool = True,
 ) -> TransformersEmbedder:
-    if (device, batch_size, max_length, query_prefix) == ("cpu", 32, 256, ""):
+    if (device, batch_size, max_length, query_prefix, batch_invariant) == ("cpu", 32, 256, "", True):
         return default_embedder()
     return TransformersEmbedder(
         minilm_path(),
@@ -234,4 +238,5 @@ def _minilm(
         max_length=max_length,
         query_prefix=query_prefix,
         name="all-MiniLM-L6-v2",
+        batch_invariant=batch_invariant,
     )

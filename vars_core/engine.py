@@ -18,10 +18,11 @@ import numpy as np
 
 from vars_core.backend_stats import BackendStats
 from vars_core.config import EngineConfig, LLMConfig
-from vars_core.embedder import Embedder, default_embedder
+from vars_core.embedder import Embedder
 from vars_core.extractor import rule_extract
 from vars_core.judge import keyword_judge
 from vars_core.projection import Projection, random_projection
+from vars_core.reply_stream import ReplySink, redis_reply_sink
 from vars_core.retrieval import IndexCache
 from vars_core.scripted.agent import ScriptedAgentParams
 from vars_core.scripted.user import ScriptedUserParams, simulate_turn
@@ -42,6 +43,7 @@ AnswerJudgeFn = Callable[[str, str, str], bool]
 SimulatorFn = Callable[
     [Profile, Problem, str, list[Message], int, int, np.random.Generator], SimulatorTurn
 ]
+ReplySinkFactory = Callable[[Any, str, int], ReplySink | None]
 # Roles whose components keep BackendStats counters (calls, repairs, fallbacks, errors).
 STATS_ROLES = ("judge", "extractor", "simulator", "answer_judge")
 
@@ -81,10 +83,45 @@ class Engine:
         self.user_params = user_params or ScriptedUserParams()
         self.agent_params = agent_params or ScriptedAgentParams()
         self.index_cache = IndexCache()
+        # Where a live turn's reply streams as it is generated (replaceable: any
+        # (store, session_id, turn) -> ReplySink | None).
+        self.reply_sink: ReplySinkFactory = redis_reply_sink
         self._lock = threading.Lock()
         # One counter set per LLM-backed role, shared by every component of that role
         # this engine builds; read them with ``backend_stats()``.
         self.stats: dict[str, BackendStats] = {role: BackendStats() for role in STATS_ROLES}
+        # A derived engine (``derive``) borrows these in-process resources from its donor.
+        self._donor: Engine | None = None
+        self._borrowed: frozenset[str] = frozenset()
+
+    def derive(self, config: EngineConfig) -> Engine:
+        """An engine for ``config`` (a campaign's own backends) that shares this engine's
+        in-process models where their settings are the same: the embedder (and with it the
+        projection), the reranker, the problem bank and the FAISS index cache. Its LLM
+        clients are its own, made on first use."""
+        if config == self.config:
+            return self
+        child = Engine(config, user_params=self.user_params, agent_params=self.agent_params)
+        borrowed = {"problem_bank"}
+        if config.embedder == self.config.embedder:
+            borrowed.add("embedder")
+            same_projection = (config.projection, config.projection_dim, config.projection_seed) == (
+                self.config.projection,
+                self.config.projection_dim,
+                self.config.projection_seed,
+            )
+            if same_projection:
+                borrowed.add("projection")
+        if config.reranker == self.config.reranker:
+            borrowed.add("reranker")
+        # Indexes are keyed by user and store version; a campaign's users are its own.
+        child.index_cache = self.index_cache
+        child.reply_sink = self.reply_sink
+        child._donor, child._borrowed = self, frozenset(borrowed)
+        return child
+
+    def _borrow(self, name: str) -> Any:
+        return getattr(self._donor, name) if self._donor is not None and name in self._borrowed else None
 
     def backend_stats(self) -> dict[str, dict[str, int]]:
         return {role: stats.snapshot() for role, stats in self.stats.items()}
@@ -94,32 +131,43 @@ class Engine:
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                self._embedder = self._make_embedder()
+                self._embedder = self._borrow("embedder") or self._make_embedder()
             return self._embedder
 
     def _make_embedder(self) -> Embedder:
-        cfg = self.config.embedder
-        if cfg.kind == "minilm":
-            return default_embedder()
+        from vars_core.batched import BatchedEmbedder, embedder_batched
         from vars_core.embedder import make_embedder
 
-        return make_embedder(
-            cfg.kind,
-            **{k: v for k, v in msgspec.structs.asdict(cfg).items() if k != "kind" and v not in ("", None)},
-        )
+        cfg = self.config.embedder
+        options = {k: v for k, v in msgspec.structs.asdict(cfg).items() if k != "kind" and v not in ("", None)}
+        if not embedder_batched(self.config.batcher, cfg):
+            return make_embedder(cfg.kind, **options)  # minilm on CPU: the shared instance
+        # Merged requests are only worth it if the model runs them as one padded pass.
+        batcher = self.config.batcher
+        inner = make_embedder(cfg.kind, **options, batch_invariant=False)
+        return BatchedEmbedder(inner, batcher.max_items, batcher.max_wait_ms)
 
     @cached_property
     def reranker(self) -> Any:
+        if "reranker" in self._borrowed:
+            return self._borrow("reranker")
         cfg = self.config.reranker
         if cfg.kind == "none":
             return None
+        from vars_core.batched import BatchedReranker, reranker_batched
         from vars_core.rerankers import make_reranker
 
         options = {k: v for k, v in msgspec.structs.asdict(cfg).items() if k != "kind" and v not in ("", None)}
-        return make_reranker(cfg.kind, **options)
+        reranker = make_reranker(cfg.kind, **options)
+        if reranker_batched(self.config.batcher, cfg):
+            batcher = self.config.batcher
+            return BatchedReranker(reranker, batcher.max_items, batcher.max_wait_ms)
+        return reranker
 
     @cached_property
     def projection(self) -> Projection:
+        if "projection" in self._borrowed:
+            return self._borrow("projection")
         if self.config.projection == "pca":
             from vars_core.projection import load_projection
 
@@ -132,6 +180,8 @@ class Engine:
 
     @cached_property
     def problem_bank(self):  # -> ProblemBank; imported lazily: it reads the shipped data
+        if "problem_bank" in self._borrowed:
+            return self._borrow("problem_bank")
         from vars_core.problems import ProblemBank, known_domains, load_problems
 
         return ProblemBank(load_problems(known_domains()))

@@ -18,6 +18,7 @@ import msgspec
 
 from vars_core.config import EngineConfig, load_config
 from vars_core.engine import Engine
+from vars_core.judge import gate
 from vars_core.live import (
     begin_turn,
     current_session,
@@ -43,6 +44,7 @@ from vars_core.types import (
     JudgeResult,
     Message,
     RetrievalTrace,
+    RewardLabel,
     SessionState,
     UpdateResult,
     Usage,
@@ -88,13 +90,15 @@ class ChatResult(msgspec.Struct, frozen=True):
 
 
 class Feedback(msgspec.Struct, frozen=True):
-    """An explicit reward in [-1, 1] for one turn (default: the user's last answered turn)."""
+    """An explicit reward in [-1, 1] for one turn (default: the user's last answered turn),
+    or a judge label (its reward and gate, as if the judge had said it)."""
 
     user_id: str
-    reward: float
+    reward: float = 0.0
     confidence: float = 1.0
     session_id: str = ""
     turn: int = 0
+    label: RewardLabel | None = None
 
 
 class UserSnapshot(msgspec.Struct):
@@ -187,8 +191,11 @@ class PersonalizedLLM:
         if data is None:
             return UpdateResult(applied=False, reason=f"no retrieval trace for turn {turn}")
         trace = decode(data, RetrievalTrace)
-        label = "pos_praise" if feedback.reward > 0 else "neg_correction" if feedback.reward < 0 else "neutral"
-        judge = JudgeResult(label, feedback.confidence, feedback.reward, True, feedback.confidence)
+        if feedback.label is not None:
+            judge = gate(feedback.label, feedback.confidence)
+        else:
+            label = "pos_praise" if feedback.reward > 0 else "neg_correction" if feedback.reward < 0 else "neutral"
+            judge = JudgeResult(label, feedback.confidence, feedback.reward, True, feedback.confidence)
         cfg = self.engine.config
         outcome: list[UpdateResult] = []
 

@@ -59,19 +59,38 @@ def heuristic_gradient(trace: RetrievalTrace) -> np.ndarray:
     return (v[trace.chosen].mean(axis=0) - pi @ v) / trace.tau
 
 
+def restatement_gradient(trace: RetrievalTrace, restated: list[int]) -> np.ndarray:
+    """Pairwise credit for restated cards: for each restated candidate r, v_r minus the
+    mean item vector of the chosen cards ranked before it (all chosen cards when r was not
+    chosen). Zero when nothing was ranked before it: the list already put it first."""
+    v = _items(trace)
+    grad = np.zeros(v.shape[1])
+    for r in restated:
+        before = trace.chosen[: trace.chosen.index(r)] if r in trace.chosen else list(trace.chosen)
+        if before:
+            grad += v[r] - v[before].mean(axis=0)
+    return grad / trace.tau
+
+
 def reinforce_update(
     vector: UserVector,
     trace: RetrievalTrace,
     judge: JudgeResult,
     cfg: ReinforceConfig,
     policy: PolicyConfig,
+    restated: list[int] | None = None,
 ) -> tuple[UserVector, UpdateResult]:
-    """One REINFORCE step, or the unchanged vector and the reason it was skipped."""
+    """One REINFORCE step, or the unchanged vector and the reason it was skipped.
+
+    ``restated``: indices of candidates the user's message restated (a
+    neg_constraint_restate turn). With ``cfg.restate_credit`` > 0 they add a supervised
+    term to z_long: the user said which card the list should have put first."""
     reason = _skip_reason(vector, trace, judge)
     if reason:
         return vector, UpdateResult(applied=False, reason=reason)
     advantage = judge.g * (judge.reward - vector.baseline)
-    if abs(advantage) < cfg.min_advantage:
+    credit = restated if restated and cfg.restate_credit > 0 and judge.label == "neg_constraint_restate" else []
+    if abs(advantage) < cfg.min_advantage and not credit:
         return vector, UpdateResult(applied=False, advantage=advantage, reason="small advantage")
 
     d = len(trace.item_vectors[0])
@@ -85,6 +104,8 @@ def reinforce_update(
         grad = heuristic_gradient(trace)
         step_long, step_short = cfg.eta_long, cfg.eta_short  # the reference has no beta here
     z_long = z_long + step_long * advantage * grad
+    if credit:
+        z_long = z_long + cfg.restate_credit * policy.beta_long * judge.g * restatement_gradient(trace, credit)
     z_short = (1.0 - cfg.decay_short) * z_short + step_short * advantage * grad
     baseline = (1.0 - cfg.alpha) * vector.baseline + cfg.alpha * judge.reward
     new = UserVector(

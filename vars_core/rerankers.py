@@ -144,7 +144,11 @@ class YesNoReranker:
         return self._prefix + ids + self._suffix
 
     def score(self, query: str, documents: list[str]) -> np.ndarray:
-        prompts = [self.prompt_ids(query, d) for d in documents]
+        return self.score_pairs([(query, d) for d in documents])
+
+    def score_pairs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """One score per (query, document) pair; the batcher merges callers' pairs."""
+        prompts = [self.prompt_ids(q, d) for q, d in pairs]
         out = [
             self._batch(prompts[i : i + self.batch_size])
             for i in range(0, len(prompts), self.batch_size)
@@ -196,17 +200,18 @@ class CrossEncoderReranker:
         self.name = name or Path(model_dir).name
 
     def score(self, query: str, documents: list[str]) -> np.ndarray:
-        out = [
-            self._batch(query, documents[i : i + self.batch_size])
-            for i in range(0, len(documents), self.batch_size)
-        ]
+        return self.score_pairs([(query, d) for d in documents])
+
+    def score_pairs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """One score per (query, document) pair; the batcher merges callers' pairs."""
+        out = [self._batch(pairs[i : i + self.batch_size]) for i in range(0, len(pairs), self.batch_size)]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
 
-    def _batch(self, query: str, documents: list[str]) -> np.ndarray:
+    def _batch(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         torch = self._torch
         batch = self.tokenizer(
-            [query] * len(documents),
-            documents,
+            [q for q, _ in pairs],
+            [d for _, d in pairs],
             padding=True,
             truncation=True,
             max_length=self.max_length,

@@ -219,6 +219,16 @@ class SessionState(msgspec.Struct, frozen=True):
     lane: Literal["campaign", "live"] = "campaign"
 
 
+class LiveOptions(msgspec.Struct, frozen=True):
+    """A live request's own generation settings (None: the engine's), stored with its turn.
+    ``stream``: whether the client reads the reply as it is generated; when it does not,
+    the agent is called without streaming (servers that count usage only then still do)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stream: bool = True
+
+
 class SessionRecord(msgspec.Struct):
     """One finished session: what `sessions.jsonl` holds, one line each."""
 

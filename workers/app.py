@@ -55,4 +55,5 @@ def make_app(redis_url: str | None = None) -> Celery:
 
 app = make_app()
 
+import workers.control  # noqa: E402,F401  (registers the `vars_worker` remote-control command)
 import workers.tasks  # noqa: E402,F401  (registers the stage tasks on the app)

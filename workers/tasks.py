@@ -19,7 +19,8 @@ from vars_core.campaign import (
     next_in_lane,
     record_failure,
 )
-from vars_core.config import EmbedderConfig, EngineConfig, LLMConfig, RerankerConfig
+from vars_core.campaign_settings import CampaignSettingsError
+from vars_core.engine import Engine
 from vars_core.routing import END, Step
 from vars_core.stages import StrayEvent, run_stage
 from vars_core.stages.context import StageContext
@@ -28,7 +29,7 @@ from vars_core.store import StateStore
 from vars_core.store.backend import Op
 from vars_core.store.state import UnknownSession
 from vars_core.types import STAGES
-from workers import runtime
+from workers import metrics, runtime
 from workers.app import app
 from workers.publish import publish
 
@@ -69,35 +70,12 @@ def _injected_fault(store: StateStore, event: StageTask) -> None:
         raise RuntimeError(f"injected test fault at {stage} turn {turn}")
 
 
-# Campaign engine settings (spec `reward` and `[backends.<role>]`, stored in the plan).
-# Workers build one Engine per process from VARS_CONFIG and do not build per-campaign
-# engines. So a campaign that pins settings is checked instead: a stage task whose own
-# engine differs, for a role that stage uses, fails the session at once (no retries: a
-# mismatch is not transient) with a reason naming the field, so the researcher learns
-# that the workers must be started with matching settings. A spec with no pins is not
-# checked. Only the keys the spec wrote are compared.
-STAGE_ROLES: dict[str, tuple[str, ...]] = {
-    "simulate": ("simulator",),
-    "judge": ("reward", "judge"),
-    "extract": ("extractor", "embedder"),
-    "retrieve": ("embedder", "reranker"),
-    "generate": ("agent",),
-}
-# role -> (the EngineConfig field of its backend, its struct, the mode field an "openai"
-# backend needs set to "llm" or None)
-_ROLE_FIELDS: dict[str, tuple[str, type, str | None]] = {
-    "agent": ("agent", LLMConfig, None),
-    "simulator": ("simulator_llm", LLMConfig, "simulator"),
-    "judge": ("judge_llm", LLMConfig, None),
-    "extractor": ("extractor_llm", LLMConfig, "extractor"),
-    "embedder": ("embedder", EmbedderConfig, None),
-    "reranker": ("reranker", RerankerConfig, None),
-}
+# Campaign engine settings (spec `reward` and `[backends.<role>]`, stored in the plan) are
+# applied per campaign: its sessions run on an engine derived from this worker's, with its
+# pins over the worker's values (runtime.campaign_engine). Pins that cannot run (e.g.
+# reward = "llm" with no OpenAI-compatible judge anywhere) fail the session at once, with
+# no retries (not transient), and a reason naming the spec field.
 _pins: dict[str, tuple[str | None, dict[str, dict]]] = {}
-
-
-class SettingsMismatch(Exception):
-    """A campaign pins engine settings this worker does not have."""
 
 
 def _campaign_pins(store: StateStore, campaign_id: str) -> tuple[str | None, dict[str, dict]]:
@@ -114,45 +92,13 @@ def _campaign_pins(store: StateStore, campaign_id: str) -> tuple[str | None, dic
     return pins
 
 
-def settings_mismatch(config: EngineConfig, stage: str, reward: str | None, backends: dict[str, dict]) -> str:
-    """'' when this worker's config matches what the campaign pins for ``stage``'s roles,
-    else the reason, naming the field."""
-    hint = "start the workers with matching settings (VARS_CONFIG / VARS_* variables)"
-    for role in STAGE_ROLES.get(stage, ()):
-        if role == "reward":
-            if reward is not None and reward != config.judge:
-                return (
-                    f"campaign spec field `reward` = {reward!r}, but this {stage} worker's engine has "
-                    f"judge = {config.judge!r}: {hint}"
-                )
-            continue
-        table = backends.get(role)
-        if not table:
-            continue
-        field, kind, mode = _ROLE_FIELDS[role]
-        wanted = msgspec.convert(table, kind)  # validated at launch
-        have = getattr(config, field)
-        for key in table:
-            if getattr(wanted, key) != getattr(have, key):
-                return (
-                    f"campaign spec field `backends.{role}.{key}` = {getattr(wanted, key)!r}, but this "
-                    f"{stage} worker's engine has {field}.{key} = {getattr(have, key)!r}: {hint}"
-                )
-        if mode and wanted.kind == "openai" and getattr(config, mode) != "llm":
-            return (
-                f"campaign spec field `backends.{role}.kind` = 'openai', but this {stage} worker's engine "
-                f"has {mode} = {getattr(config, mode)!r}: {hint}"
-            )
-    return ""
-
-
-def _check_settings(store: StateStore, engine, event: StageTask, stage: str) -> None:
-    reward, backends = _campaign_pins(store, campaign_of_session(event.session_id))
-    if reward is None and not backends:
-        return
-    reason = settings_mismatch(engine.config, stage, reward, backends)
-    if reason:
-        raise SettingsMismatch(reason)
+def engine_for(store: StateStore, session_id: str, lane: str) -> Engine:
+    """The engine that runs this session's stages: its campaign's, or the process's."""
+    if lane != "campaign":
+        return runtime.engine()
+    campaign_id = campaign_of_session(session_id)
+    reward, backends = _campaign_pins(store, campaign_id)
+    return runtime.campaign_engine(campaign_id, reward, backends)
 
 
 def _already_done(store: StateStore, session_id: str, step: Step) -> bool:
@@ -175,7 +121,11 @@ def advance(event: StageTask, step: Step | None) -> None:
 
 
 def finish(session_id: str, lane: str, failure: str = "") -> None:
-    store, engine = runtime.store(), runtime.engine()
+    store = runtime.store()
+    try:
+        engine = engine_for(store, session_id, lane)
+    except CampaignSettingsError:  # closing a session its settings failed: the base will do
+        engine = runtime.engine()
     session = store.session(session_id)
     end_session(StageContext(engine, store, session, START_TURN), failure=failure)
     following = next_in_lane(engine, store, session)
@@ -189,12 +139,14 @@ def execute(task: Task, stage: str, payload: dict) -> None:
     except msgspec.ValidationError as exc:
         # Junk on the queue: retrying cannot help, and nothing else is lost.
         log.error("refused malformed %s event %r: %s", stage, payload, exc)
+        metrics.stage_failed(stage, "malformed_event")
         _deadletter({"stage": stage, "payload": payload}, f"malformed event: {exc}")
         return
     if event.stage != stage:
+        metrics.stage_failed(stage, "wrong_stage")
         _deadletter(msgspec.to_builtins(event), f"event for {event.stage!r} on the {stage!r} task")
         return
-    store, engine = runtime.store(), runtime.engine()
+    store = runtime.store()
     if event.lane == "campaign" and is_cancelled(store, campaign_of_session(event.session_id)):
         # `vars campaign cancel`: acknowledged and dropped, not run (one EXISTS; live
         # sessions are on the live lane and skip the check).
@@ -203,8 +155,7 @@ def execute(task: Task, stage: str, payload: dict) -> None:
     try:
         if FAULTS_ENABLED:
             _injected_fault(store, event)
-        if event.lane == "campaign":
-            _check_settings(store, engine, event, stage)
+        engine = engine_for(store, event.session_id, event.lane)
         step = run_stage(engine, store, event.session_id, event.turn, stage)
         _record_hop(task, event)
         # Publishing is inside the retry scope: a commit whose publish failed is retried,
@@ -214,10 +165,12 @@ def execute(task: Task, stage: str, payload: dict) -> None:
         # Off-route or for an unknown session: retrying cannot help, and the session (if
         # any) is left as it is.
         log.error("refused %s event %r: %s", stage, msgspec.to_builtins(event), exc)
+        metrics.stage_failed(stage, exc)
         _deadletter(msgspec.to_builtins(event), f"refused: {exc}")
         return
-    except SettingsMismatch as exc:
+    except CampaignSettingsError as exc:
         # Not transient: fail the session now, through the normal failure path.
+        metrics.stage_failed(stage, exc)
         _fail(event, stage, f"{stage} refused: {exc}")
         return
     except Exception as exc:
@@ -225,6 +178,7 @@ def execute(task: Task, stage: str, payload: dict) -> None:
         if attempt < MAX_RETRIES:
             log.warning("%s %s turn %d failed (%s), retry %d", stage, event.session_id, event.turn, exc, attempt + 1)
             raise task.retry(exc=exc, countdown=backoff_seconds(attempt), max_retries=MAX_RETRIES) from exc
+        metrics.stage_failed(stage, exc)
         _fail(event, stage, f"{stage} failed after {attempt + 1} attempts: {type(exc).__name__}: {exc}")
         return
 

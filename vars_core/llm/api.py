@@ -13,9 +13,10 @@ retried: any other 4xx. A call that fails for good raises ``LLMError``.
 from __future__ import annotations
 
 import asyncio
+import queue
 import random
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any, NamedTuple, TypeVar
@@ -33,6 +34,10 @@ T = TypeVar("T")
 # Failures of the transport that a later attempt may not meet.
 TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 JUNK_RETRIES = 1  # a 200 with an unusable body is usually a proxy hiccup, rarely twice
+
+# Called as observer(client name, usage) after every call that completed, on the client's
+# loop thread; workers count LLM tokens by role with it. Quick, and must not raise.
+usage_observers: list[Callable[[str, Usage], None]] = []
 
 
 class BadReply(ValueError):
@@ -53,6 +58,9 @@ class Reply(NamedTuple):
 class Chunk(NamedTuple):
     delta: str
     usage: Usage | None = None
+    finish_reason: str = ""
+    # Only on the last chunk of ``stream_chunks``: True when ``usage`` is an estimate.
+    usage_estimated: bool = False
 
 
 class ChatAPI:
@@ -159,14 +167,47 @@ class ChatAPI:
         """Text deltas as the server sends them. A failure before the first delta is
         retried like ``complete``; once text has been yielded it is an LLMError."""
         self._check_open()
-        payload = self.build_payload(
+        chunks = self._stream(list(messages), self._stream_payload(messages, max_tokens, temperature))
+        return self._home.iterate(_texts(chunks))
+
+    def stream_chunks(
+        self, messages: list[Message], *, max_tokens: int = 512, temperature: float = 0.0
+    ) -> Iterator[Chunk]:
+        """``stream`` for synchronous code in any thread: one Chunk per text delta, then a
+        last one with no text that carries the usage (the server's, else an estimate
+        flagged ``usage_estimated``) and the finish reason. Stopping early ends the request."""
+        self._check_open()
+        payload = self._stream_payload(messages, max_tokens, temperature)
+        items: queue.Queue[Chunk | BaseException | None] = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                async for chunk in self._stream(list(messages), payload):
+                    items.put(chunk)
+            except BaseException as exc:  # re-raised in the consuming thread
+                items.put(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                items.put(None)
+
+        future = self._home.submit(pump())
+        try:
+            while (item := items.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            future.cancel()
+
+    def _stream_payload(self, messages: list[Message], max_tokens: int, temperature: float) -> dict[str, Any]:
+        return self.build_payload(
             list(messages),
             max_tokens=max_tokens,
             temperature=temperature,
             json_schema=None,
             stream=True,
         )
-        return self._home.iterate(self._stream(list(messages), payload))
 
     def stats(self) -> dict[str, int]:
         return {
@@ -284,12 +325,13 @@ class ChatAPI:
             self.retries += 1
             await asyncio.sleep(self._delay(attempt, retry_after))
 
-    async def _stream(self, messages: list[Message], payload: dict[str, Any]) -> AsyncIterator[str]:
+    async def _stream(self, messages: list[Message], payload: dict[str, Any]) -> AsyncIterator[Chunk]:
         client = self._http()
         url = self.base_url + self.path
         attempt = 0
         parts: list[str] = []
         usage: Usage | None = None
+        finish_reason = ""
         try:
             while True:
                 retry_after: float | None = None
@@ -307,9 +349,10 @@ class ChatAPI:
                                             status=200,
                                         ) from None
                                     usage = chunk.usage or usage
+                                    finish_reason = chunk.finish_reason or finish_reason
                                     if chunk.delta:
                                         parts.append(chunk.delta)
-                                        yield chunk.delta
+                                        yield Chunk(chunk.delta)
                                 break
                             await resp.aread()
                             error = self._status_error(resp, url)
@@ -332,7 +375,8 @@ class ChatAPI:
         except LLMError:
             self.failures += 1
             raise
-        self._account(messages, "".join(parts), usage)
+        usage, estimated = self._account(messages, "".join(parts), usage)
+        yield Chunk("", usage, finish_reason or "stop", estimated)
 
     # ------------------------------------------------------------------ helpers
 
@@ -388,6 +432,8 @@ class ChatAPI:
             self.estimated_usage += 1
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
+        for observe in usage_observers:
+            observe(self.name, usage)
         return usage, estimated
 
 
@@ -429,6 +475,12 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time())
     except (TypeError, ValueError):
         return None
+
+
+async def _texts(chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+    async for chunk in chunks:
+        if chunk.delta:
+            yield chunk.delta
 
 
 async def _sse_data(resp: httpx.Response) -> AsyncIterator[str]:

@@ -7,12 +7,15 @@ runs one call from synchronous code such as a stage handler in a worker thread.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from vars_core.types import Message, Usage
+
+if TYPE_CHECKING:
+    from vars_core.llm.api import Chunk
 
 
 class LLMError(RuntimeError):
@@ -79,3 +82,19 @@ def complete_sync(llm: ChatLLM, messages: list[Message], **kwargs: Any) -> Compl
     raise RuntimeError(
         f"complete_sync({llm.name!r}) called inside a running event loop; await complete()"
     )
+
+
+def stream_sync(llm: ChatLLM, messages: list[Message], **kwargs: Any) -> Iterator[Chunk]:
+    """Stream one completion from synchronous code: a Chunk per text delta, then a last
+    Chunk with no text that carries the usage and the finish reason. A backend without
+    ``stream_chunks`` (the scripted one) answers whole, as one delta."""
+    from vars_core.llm.api import Chunk
+
+    chunks = getattr(llm, "stream_chunks", None)
+    if chunks is not None:
+        yield from chunks(messages, **kwargs)
+        return
+    completion = complete_sync(llm, messages, **kwargs)
+    if completion.text:
+        yield Chunk(completion.text)
+    yield Chunk("", completion.usage, completion.finish_reason or "stop", completion.usage_estimated)

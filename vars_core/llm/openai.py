@@ -96,7 +96,8 @@ class OpenAIChat(ChatAPI):
         if not isinstance(delta, dict):
             raise BadReply(f"event has no delta: {_short(body)}")
         content = delta.get("content")
-        return Chunk(content if isinstance(content, str) else "", usage)
+        finish = first.get("finish_reason") if isinstance(first, dict) else None
+        return Chunk(content if isinstance(content, str) else "", usage, finish if isinstance(finish, str) else "")
 
 
 def _first_choice(body: Any) -> dict[str, Any]:

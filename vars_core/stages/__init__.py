@@ -34,7 +34,7 @@ class StrayEvent(ValueError):
 
 def run_stage(engine: Engine, store: StateStore, session_id: str, turn: int, stage: str) -> Step | None:
     """Run one stage of one session turn (or the session end); return the next step,
-    or None when the session is over."""
+    or None when the session is over (or, live, when the turn is answered)."""
     session = store.session(session_id)
     ctx = StageContext(engine, store, session, turn)
     if stage == END:
@@ -47,6 +47,8 @@ def run_stage(engine: Engine, store: StateStore, session_id: str, turn: int, sta
     if not store.is_committed(session_id, turn, stage):
         _check_on_route(ctx, stage)
         HANDLERS[stage](ctx)
+    if stage == "generate" and session.lane == "live":
+        return None  # a live turn ends with its reply; the user's next message starts the next
     sim = ctx.simulator_turn()
     return next_step(ctx.method, stage, turn, terminated=bool(sim and sim.terminate))
 

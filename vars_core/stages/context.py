@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import cached_property
 
 from vars_core.engine import Engine
@@ -67,5 +68,8 @@ class StageContext:
         return self.store.stage_output_op(self.session.session_id, self.turn, stage, value)
 
     def card_stamp(self) -> str:
-        """A sortable creation stamp: cards are listed to all_memory in creation order."""
+        """A sortable creation stamp: cards are listed to all_memory in creation order.
+        Campaigns stamp (session index, turn), reproducible; live users the UTC time."""
+        if self.session.lane == "live":
+            return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return f"{self.session.session_index:06d}.{self.turn:04d}"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from vars_core.stages.context import StageContext
+from vars_core.types import JudgeResult
+
+NO_REACTION = JudgeResult(label="neutral", confidence=0.0, reward=0.0, apply=False, g=0.0)
 
 
 def handle(ctx: StageContext) -> None:
@@ -10,7 +13,9 @@ def handle(ctx: StageContext) -> None:
     prev_query = _last(messages, "user", ctx.turn - 1)
     prev_answer = _last(messages, "assistant", ctx.turn - 1)
     query = _last(messages, "user", ctx.turn)
-    result = ctx.engine.judge(prev_query, prev_answer, query)
+    # A session that ran out of turns ends with no new message: there is no reaction to
+    # judge, so no judge call and no update.
+    result = ctx.engine.judge(prev_query, prev_answer, query) if query.strip() else NO_REACTION
     ctx.commit("judge", [ctx.output_op("judge", result)])
 
 

@@ -18,6 +18,7 @@ from vars_core.types import (
     Card,
     CardEmbedding,
     Message,
+    RetrievalTrace,
     SessionRecord,
     SessionState,
     UserVector,
@@ -203,6 +204,38 @@ class UserScope:
 
     def delete_card_ops(self, card_id: str) -> list[Op]:
         return [Op("hdel", self.cards_key, card_id), Op("hdel", self.embeddings_key, card_id)]
+
+    def trace_keys(self) -> list[str]:
+        """The keys of every retrieval trace of this user."""
+        return self.store.backend.scan(self._k.user(self.user_id, "trace:"))
+
+    def forget_card(self, card_id: str) -> list[str]:
+        """Delete one card for good: it and the cards it superseded (earlier versions of
+        the same preference), their embeddings and item vectors, and every retrieval trace
+        that holds any of them (so no later update reads their vectors); the version moves
+        on, so no cached index keeps them. Returns the deleted ids, [] for an unknown card."""
+
+        def build() -> tuple[list[Op], list[str]]:
+            cards = self.cards(include_superseded=True)
+            if card_id not in cards:
+                return [], []
+            doomed = {card_id}
+            grew = True
+            while grew:  # the chain of cards superseded, directly or not, by the doomed ones
+                grew = False
+                for cid, card in cards.items():
+                    if cid not in doomed and card.superseded_by in doomed:
+                        doomed.add(cid)
+                        grew = True
+            ops = [op for cid in sorted(doomed) for op in self.delete_card_ops(cid)]
+            for key in self.trace_keys():
+                data = self.store.backend.get(key)
+                if data is not None and doomed & set(decode(data, RetrievalTrace).candidate_ids):
+                    ops.append(Op("del", key))
+            ops.append(self.bump_version_op())
+            return ops, sorted(doomed)
+
+        return self.store.backend.transact([self.cards_key, self.version_key], build)
 
     def bump_version_op(self) -> Op:
         return Op("incr", self.version_key, value=b"1")
