@@ -97,8 +97,10 @@ _AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 
-def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> APIError:
+def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError | RecursionError) -> APIError:
     """A 400 whose message and ``param`` name the offending field (``messages[0].role``)."""
+    if isinstance(exc, RecursionError):  # arrays or objects nested past the decoder's limit
+        return bad_request("request body is not valid JSON: nested too deeply")
     text = str(exc)
     if isinstance(exc, msgspec.ValidationError):
         match = _AT.match(text)

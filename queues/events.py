@@ -46,6 +46,12 @@ class StageTask(_Event, tag="stage.task"):
     stage: Stage
     lane: Lane
     attempt: Count = 0
+    # Unix time of publishing (workers.publish stamps it; 0.0 when unknown). The worker
+    # that runs the task records start - sent_at as the event's queue wait: the hop's cost
+    # under light load, the queueing delay under heavy load. A retry is sent with the
+    # first send time, so its wait includes the backoff. Comparing it across hosts needs
+    # their clocks in sync (NTP: about a millisecond).
+    sent_at: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
 class StageDone(_Event, tag="stage.done"):

@@ -45,7 +45,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import socket
 
     from queues.topology import queue_for
-    from workers import control, runtime
+    from workers import control, restart, runtime
     from workers.app import app
 
     queues = [queue_for(args.stage, "live"), queue_for(args.stage, "campaign")]
@@ -64,18 +64,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         except Exception as exc:
             print(f"error: the {args.stage} worker cannot load its models: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
-    app.worker_main(
-        [
-            "worker",
-            "-Q", ",".join(queues),
-            "-n", name,
-            "-c", str(args.concurrency),
-            "-P", choice.pool,
-            "--loglevel", args.loglevel,
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    argv = [
+        "worker",
+        "-Q", ",".join(queues),
+        "-n", name,
+        "-c", str(args.concurrency),
+        "-P", choice.pool,
+        "--loglevel", args.loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    # A worker that stops on an unrecoverable error (kombu, Redis gone while it held
+    # tasks) re-executes this command in place (workers/restart.py).
+    again = ["-m", "scheduler.cli", "worker", "--stage", args.stage, "--concurrency", str(args.concurrency),
+             "--pool", args.pool, "--loglevel", args.loglevel, *(["--gpu", args.gpu] if args.gpu else [])]
+    restart.run_restarting(lambda: app.worker_main(argv), again, name.replace("%h", socket.gethostname()))
     return 0
 
 

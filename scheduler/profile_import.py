@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from scheduler.profiles import profile_id_problem
 from vars_core.notes import format_note, parse_notes
 from vars_core.types import Preference, Profile
 
@@ -126,7 +127,8 @@ def _categories(item: dict[str, Any], n: int, where: str, warnings: list[str]) -
         for key, value in raw.items():
             if not isinstance(value, str):
                 raise ProfileImportError(f"{where}: categories[{key!r}] is {_kind(value)}, not a string")
-            index = int(key) if str(key).isdigit() else prefs.index(key) if key in prefs else -1
+            digits = str(key).isascii() and str(key).isdigit()  # "²" is a digit int() refuses
+            index = int(key) if digits else prefs.index(key) if key in prefs else -1
             if not 0 <= index < n:
                 warnings.append(f"{where}: categories key {key!r} names no preference; ignored")
                 continue
@@ -154,6 +156,9 @@ def _profile_id(item: dict[str, Any], index: int, where: str) -> str:
             value = item[key]
             if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
                 raise ProfileImportError(f"{where}: {key} is not a non-empty string or integer")
+            problem = profile_id_problem(str(value).strip())
+            if problem:
+                raise ProfileImportError(f"{where}: {key}: {problem}")
             return str(value).strip()
     return f"msc-{index:03d}"
 
@@ -228,7 +233,7 @@ def import_msc(data: Any, source: str = "input") -> ImportResult:
 def import_msc_bytes(raw: bytes, source: str = "input") -> ImportResult:
     try:
         data = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ProfileImportError(f"{source} is not JSON: {exc}") from None
     return import_msc(data, source)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 import tomllib
 
+from scheduler.profiles import ProfileFileError, load_profile_file
 from vars_core.config import EmbedderConfig, LLMConfig, RerankerConfig
 from vars_core.methods import METHODS
 from vars_core.problems import known_domains
@@ -15,6 +17,11 @@ from vars_core.problems import known_domains
 
 class SpecError(ValueError):
     """A campaign spec that cannot run; the message names the field."""
+
+
+# The name starts the campaign id, which starts every lane's user and session ids and
+# names the results directory.
+NAME = re.compile(r"^[\w.-]{1,64}$")
 
 
 # The engine roles a spec may pin, and the vars_core.config struct each table decodes into.
@@ -65,6 +72,8 @@ def parse_spec(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: not valid TOML: arrays or tables nested too deeply") from None
     for item in overrides or []:
         apply_override(data, item)
     try:
@@ -94,7 +103,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 def _scalar(raw: str) -> Any:
     try:
         return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return raw
 
 
@@ -111,8 +120,8 @@ def validate(spec: CampaignSpec, source: str = "spec", base_dir: Path | None = N
     def bad(field: str, why: str) -> SpecError:
         return SpecError(f"{source}: field `{field}`: {why}")
 
-    if not spec.name.strip() or any(c in spec.name for c in "{}: \t\n/"):
-        raise bad("name", f"{spec.name!r} must be non-empty, without spaces, ':', '/' or braces")
+    if not NAME.match(spec.name):
+        raise bad("name", f"{spec.name!r} must be 1-64 letters, digits, '.', '_' or '-'")
     if not spec.methods:
         raise bad("methods", "needs at least one method")
     for method in spec.methods:
@@ -129,6 +138,10 @@ def validate(spec: CampaignSpec, source: str = "spec", base_dir: Path | None = N
             path = base_dir / path
         if not path.is_file():
             raise bad("profiles", f"no profile file at {path}")
+        try:  # read now: a bad file fails here, before anything is enqueued
+            load_profile_file(path)
+        except ProfileFileError as exc:
+            raise bad("profiles", str(exc)) from None
         spec = msgspec.structs.replace(spec, profiles=str(path))
     if spec.sessions < 1:
         raise bad("sessions", f"must be at least 1, got {spec.sessions}")

@@ -18,6 +18,7 @@ sessions that will not run are pending.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +29,7 @@ import msgspec
 from scheduler.campaigns import record_dict, record_line
 from vars_core.campaign import (
     CampaignPlan,
+    campaign_of_session,
     cancelled_at,
     finished_at,
     finished_session_ids,
@@ -42,6 +44,8 @@ from vars_core.stages.lifecycle import START_TURN
 from vars_core.store import StateStore
 from vars_core.store.state import decode
 from vars_core.types import SessionRecord
+
+log = logging.getLogger(__name__)
 
 
 class UnknownCampaign(KeyError):
@@ -138,11 +142,15 @@ def campaign_records(store: StateStore, campaign_id: str) -> list[SessionRecord]
     _plan(store, campaign_id)
     order: dict[str, None] = {}
     for session_id in finished_session_ids(store, campaign_id):
+        if campaign_of_session(session_id) != campaign_id:  # never another campaign's record
+            log.warning("campaign %s: finished list names %r of another campaign; skipped", campaign_id, session_id)
+            continue
         order.pop(session_id, None)
         order[session_id] = None
     ids = list(order)
     raw = store.backend.mget([store.keys.session(session_id, "record") for session_id in ids])
-    return [decode(data, SessionRecord) for data in raw if data is not None]
+    records = [decode(data, SessionRecord) for data in raw if data is not None]
+    return [r for r in records if r.campaign_id == campaign_id]
 
 
 def campaign_status(store: StateStore, campaign_id: str, now: float | None = None) -> CampaignStatus:

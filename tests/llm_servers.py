@@ -124,12 +124,21 @@ class Behaviour:
 
 
 class FaultyServer:
-    def __init__(self) -> None:
-        self.behaviours: dict[str, Behaviour] = {}
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self.behaviours))
+    """``port`` and ``behaviours`` let a test bring a server back where one it stopped
+    was, serving the same URLs (a server that disappears for a while, tests/test_faults.py)."""
+
+    def __init__(self, port: int = 0, behaviours: dict[str, Behaviour] | None = None) -> None:
+        self.behaviours: dict[str, Behaviour] = {} if behaviours is None else behaviours
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self.behaviours))
         self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def stop(self) -> None:
+        """Stop answering and close the listening socket: connections are refused."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
     def url(self, **behaviour: Any) -> tuple[str, Behaviour]:
         """A fresh base URL acting as told, and the Behaviour that records its traffic."""
@@ -225,8 +234,7 @@ def faulty() -> Iterator[FaultyServer]:
     server = FaultyServer()
     server.thread.start()
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.stop()
 
 
 @pytest.fixture

@@ -77,15 +77,16 @@ def test_campaign_completes_every_session_through_each_stage_queue(pipeline, cam
     for record in records:
         method = get_method(record.method)
         hops = [h.decode().split("|") for h in store.backend.lrange(hops_key(store, record.session_id))]
-        seen = {(int(turn), stage) for turn, stage, _, _ in hops}
+        seen = {(int(turn), stage) for turn, stage, *_ in hops}
         turn = 1
         while (sim := store.stage_output(record.session_id, turn, "simulate", SimulatorTurn)) is not None:
             expected = {(turn, "simulate")} | {(turn, s) for s in turn_stages(method, turn, sim.terminate)}
             assert expected <= seen, f"{record.session_id} turn {turn}: missing {expected - seen}"
             turn += 1
-        for _turn, stage, routing_key, worker in hops:
+        for _turn, stage, routing_key, worker, wait_ms in hops:
             assert routing_key == queue_for(stage, "campaign"), hops
             assert worker.startswith(f"{stage}@"), f"{stage} ran on {worker}"
+            float(wait_ms)  # every published event carries its send time: the queue wait
 
 
 def test_pipeline_reproduces_the_in_process_runner(pipeline, campaign, engine):

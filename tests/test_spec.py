@@ -53,6 +53,10 @@ def test_not_toml_and_unreadable_files(tmp_path):
 
 
 def test_profile_path_is_relative_to_the_spec(tmp_path):
-    (tmp_path / "profiles.json").write_text("[]")
+    from scheduler.profile_import import encode_profiles
+    from vars_core.scripted.profiles import generate_profiles
+
+    # The file is read at validation (a bad one is an error naming `profiles`): a real one.
+    (tmp_path / "profiles.json").write_bytes(encode_profiles(generate_profiles(1, 0)))
     (tmp_path / "spec.toml").write_text(GOOD.replace("profiles = 3", 'profiles = "profiles.json"'))
     assert load_spec(tmp_path / "spec.toml").profiles == str(tmp_path / "profiles.json")

@@ -60,7 +60,9 @@ class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     base_url: str = ""
     model: str = ""
     api_key_env: str = ""  # name of the environment variable holding the key
-    max_concurrency: int = 16
+    # Requests in flight per process for this role. Above what one server batches: a
+    # worker's threads, not this cap, should bound what it sends (docs/decisions.md).
+    max_concurrency: int = 256
     timeout_s: float = 60.0
     max_retries: int = 4
     max_tokens: int = 512

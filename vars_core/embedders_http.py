@@ -43,14 +43,21 @@ def post_json(client: httpx.Client, url: str, payload: dict[str, Any], retries: 
                     return response.json()
                 except ValueError as exc:
                     raise ModelServerError(
-                        f"POST {url}: the reply is not JSON: {response.text[:200]!r}"
+                        f"POST {url}: the reply is not JSON: {_redacted(client, response.text)[:200]!r}"
                     ) from exc
             if response.status_code not in _RETRY_STATUS or attempt == retries:
                 raise ModelServerError(
-                    f"POST {url}: HTTP {response.status_code}: {response.text[:300]!r}"
+                    f"POST {url}: HTTP {response.status_code}: {_redacted(client, response.text)[:300]!r}"
                 )
         time.sleep(min(0.25 * 2**attempt, 4.0))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _redacted(client: httpx.Client, text: str) -> str:
+    """Server text with the client's API key blanked out (an error body may echo the
+    Authorization header; the message goes into logs and failure reasons)."""
+    key = client.headers.get("authorization", "").partition(" ")[2]
+    return text.replace(key, "[api key]") if key else text
 
 
 def http_client(api_key: str | None, timeout_s: float) -> httpx.Client:

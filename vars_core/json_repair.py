@@ -46,7 +46,7 @@ def parse_object(
     stripped = text.strip()
     try:
         value = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the recursion limit: not strict JSON
         pass
     else:
         if isinstance(value, dict) and (want is None or want(value)):

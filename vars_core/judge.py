@@ -184,7 +184,8 @@ def parse_judge_reply(text: str) -> JudgeResult:
             except ValueError:
                 continue
         if (
-            label in LABELS
+            isinstance(label, str)  # a list or an object is not a label (nor hashable)
+            and label in LABELS
             and isinstance(confidence, (int, float))
             and not isinstance(confidence, bool)
             and 0.0 <= confidence <= 1.0
@@ -201,7 +202,7 @@ def _json_objects(text: str) -> list[dict]:
     for candidate in candidates:
         try:
             value = json.loads(candidate)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # junk, or nested past the limit
             continue
         if isinstance(value, dict):
             out.append(value)

@@ -213,7 +213,7 @@ def parse_reply(text: str) -> list[_Preference]:
             return msgspec.json.decode(candidate, type=_Reply, strict=False).preferences
         except msgspec.ValidationError as err:
             schema_error = schema_error or f"JSON does not match the schema ({err})"
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # junk, or nested past the limit
             continue
     raise ReplyError(schema_error or "no JSON object found in the reply")
 
@@ -225,7 +225,7 @@ def _candidates(text: str) -> list[str]:
     while start != -1 and len(candidates) < _MAX_SPANS:
         try:
             _, end = decoder.raw_decode(text, start)
-        except ValueError:
+        except (ValueError, RecursionError):
             start = text.find("{", start + 1)
             continue
         candidates.append(text[start:end])

@@ -172,13 +172,13 @@ def plan_merge(
 
 
 def merge_ops(scope: UserScope, plan: MergePlan) -> list[Op]:
-    """Store ops for a plan: every card write, then one version bump if anything changed
-    (retrieval rebuilds a user's index when the version moves)."""
+    """Store ops for a plan: every card write, then one version bump and its change log
+    entry if anything changed (retrieval updates a cached index when the version moves)."""
     ops: list[Op] = []
     for write in plan.writes:
         ops.extend(scope.put_card_ops(write.card, write.embedding))
     if plan.changed:
-        ops.append(scope.bump_version_op())
+        ops += scope.bump_version_ops([write.card.card_id for write in plan.writes])
     return ops
 
 

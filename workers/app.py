@@ -48,6 +48,8 @@ def make_app(redis_url: str | None = None) -> Celery:
             "queue_order_strategy": "priority",
         },
         worker_hijack_root_logger=False,
+        # Celery's consumer, dead-lettering every message it refuses (workers/consumer.py).
+        worker_consumer="workers.consumer:DeadLetteringConsumer",
         worker_send_task_events=False,
     )
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 from celery import Celery
 
@@ -15,9 +17,12 @@ def task_name(stage: str) -> str:
 
 
 def publish(app: Celery, event: StageTask, producer=None) -> None:
+    """Send ``event`` to its stage's queue, stamped with the time it was sent."""
+    payload = msgspec.to_builtins(event)
+    payload["sent_at"] = time.time()  # the queue wait's start (StageTask.sent_at)
     app.send_task(
         task_name(event.stage),
-        args=[msgspec.to_builtins(event)],
+        args=[payload],
         queue=queue_for(event.stage, event.lane),
         serializer=serializer.NAME,
         producer=producer,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 
 import msgspec
 from celery import Task
@@ -134,6 +135,7 @@ def finish(session_id: str, lane: str, failure: str = "") -> None:
 
 
 def execute(task: Task, stage: str, payload: dict) -> None:
+    started = time.time()  # the end of the event's queue wait (StageTask.sent_at)
     try:
         event = msgspec.convert(payload, StageTask)
     except msgspec.ValidationError as exc:
@@ -157,7 +159,7 @@ def execute(task: Task, stage: str, payload: dict) -> None:
             _injected_fault(store, event)
         engine = engine_for(store, event.session_id, event.lane)
         step = run_stage(engine, store, event.session_id, event.turn, stage)
-        _record_hop(task, event)
+        _record_hop(task, event, started)
         # Publishing is inside the retry scope: a commit whose publish failed is retried,
         # finds its commit made, and publishes again.
         advance(event, step)
@@ -200,10 +202,13 @@ def hops_key(store: StateStore, session_id: str) -> str:
     return store.keys.session(session_id, "hops")
 
 
-def _record_hop(task: Task, event: StageTask) -> None:
-    """Audit trail: which queue and which worker ran each stage of each turn."""
+def _record_hop(task: Task, event: StageTask, started: float) -> None:
+    """Audit trail: which queue and which worker ran each stage of each turn, and how
+    long the event waited between its publishing and the task's start, in ms (empty
+    when the event carries no send time). ``turn|stage|routing key|worker|wait``."""
     delivery = task.request.delivery_info or {}
-    hop = f"{event.turn}|{event.stage}|{delivery.get('routing_key', '')}|{task.request.hostname or ''}"
+    wait = f"{(started - event.sent_at) * 1000:.3f}" if event.sent_at else ""
+    hop = f"{event.turn}|{event.stage}|{delivery.get('routing_key', '')}|{task.request.hostname or ''}|{wait}"
     store = runtime.store()
     store.backend.apply([Op("rpush", hops_key(store, event.session_id), value=hop.encode())])
 
@@ -215,8 +220,19 @@ def _deadletter(event: dict, reason: str) -> None:
 
 
 def _make_task(stage: str) -> Task:
-    def stage_task(self: Task, payload: dict) -> None:
-        execute(self, stage, payload)
+    # Any arguments are accepted, so a message with the wrong ones reaches this code and
+    # is dead-lettered, instead of failing in Celery's call with a TypeError and dropped.
+    def stage_task(self: Task, *args: object, **kwargs: object) -> None:
+        if len(args) != 1 or kwargs:
+            log.error("refused a %s task called with %d arguments and %s", stage, len(args), sorted(kwargs))
+            metrics.stage_failed(stage, "malformed_event")
+            _deadletter(
+                {"stage": stage, "args": list(args), "kwargs": kwargs},
+                f"malformed task call: {len(args)} arguments and {len(kwargs)} keyword arguments, "
+                "expected one event",
+            )
+            return
+        execute(self, stage, args[0])  # type: ignore[arg-type]  (execute checks the event)
 
     stage_task.__name__ = f"{stage}_task"
     return app.task(name=f"vars.{stage}", bind=True, acks_late=True)(stage_task)

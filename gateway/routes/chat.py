@@ -82,7 +82,7 @@ async def create_chat_completion(request: Request) -> Response:
     body = await gw.read_body(request, key)
     try:
         req = _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         raise from_validation(exc) from None
     method = method_for(req.model, gw.engine.config.method)
     user_id = gw.user_for(key, req.user)

@@ -26,7 +26,7 @@ async def give_feedback(request: Request) -> Response:
     body = await gw.read_body(request, key)
     try:
         req = _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         raise from_validation(exc) from None
     if (req.reward is None) == (req.label is None):
         raise bad_request("give exactly one of `reward` (in [-1, 1]) or `label`", "reward")

@@ -71,7 +71,7 @@ class ChatAPI:
         base_url: str,
         model: str,
         api_key: str | None = None,
-        max_concurrency: int = 16,
+        max_concurrency: int = 256,
         timeout_s: float = 60.0,
         max_retries: int = 4,
         backoff_base_s: float = 0.5,
@@ -306,7 +306,7 @@ class ChatAPI:
                     try:
                         return self.parse_reply(_decode(resp.content))
                     except BadReply as exc:
-                        error = LLMError(f"{self.name}: bad reply from {url}: {exc}", status=200)
+                        error = LLMError(f"{self.name}: bad reply from {url}: {self._redact(str(exc))}", status=200)
                         junk += 1
                         if junk > JUNK_RETRIES:
                             raise error from None
@@ -345,7 +345,7 @@ class ChatAPI:
                                         chunk = self.parse_chunk(_decode(data.encode()))
                                     except BadReply as exc:
                                         raise LLMError(
-                                            f"{self.name}: bad stream event from {url}: {exc}",
+                                            f"{self.name}: bad stream event from {url}: {self._redact(str(exc))}",
                                             status=200,
                                         ) from None
                                     usage = chunk.usage or usage
@@ -414,9 +414,15 @@ class ChatAPI:
 
     def _status_error(self, resp: httpx.Response, url: str) -> LLMError:
         return LLMError(
-            f"{self.name}: HTTP {resp.status_code} from {url}: {_excerpt(resp.text)}",
+            f"{self.name}: HTTP {resp.status_code} from {url}: {_excerpt(self._redact(resp.text))}",
             status=resp.status_code,
         )
+
+    def _redact(self, text: str) -> str:
+        """Server text with this client's API key blanked out: an error body that echoes
+        the request's Authorization header must not carry the key into an LLMError, and
+        from there into logs, dead letters, failure reasons and HTTP errors."""
+        return text.replace(self.api_key, "[api key]") if self.api_key else text
 
     def _account(
         self, messages: list[Message], text: str, usage: Usage | None

@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from vars_core.embedder import Embedder, query_embeddings
-from vars_core.retrieval import active_embeddings, retrieve
+from vars_core.retrieval import IndexCache, UserIndex, retrieve
 from vars_core.stages.context import StageContext
+from vars_core.store import UserScope
 from vars_core.store.backend import Op
 from vars_core.store.state import encode
 from vars_core.types import RetrieveResult
@@ -44,18 +45,38 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
+def user_index(cache: IndexCache, user: UserScope, match_on: str) -> UserIndex:
+    """The user's index at the store's version, reading as little as it can: the cached
+    one (one GET); the cached one patched with the cards the change log names since it was
+    built; or, when the log cannot account for every version since (a reset, a write
+    without a log entry, nothing cached), one built from every active card."""
+
+    def build(stale: UserIndex | None) -> UserIndex:
+        since = stale.log_length if stale is not None and stale.log_length >= 0 else None
+        snap = user.change_snapshot(since)
+        if (
+            stale is not None
+            and since is not None
+            and snap.changed is not None
+            and snap.version - stale.version == snap.log_length - since
+        ):
+            changed = user.cards_of(snap.changed)
+            embeddings = user.embeddings_of(snap.changed)
+            return stale.patched(changed, embeddings, match_on, snap.version, snap.log_length)
+        cards = user.cards()
+        embeddings = user.embeddings_of(list(cards))
+        return UserIndex.from_cards(cards, embeddings, match_on, snap.version, snap.log_length)
+
+    return cache.get_or_update(user.user_id, user.version(), build)
+
+
 def handle(ctx: StageContext) -> None:
     engine, user, session = ctx.engine, ctx.user, ctx.session
     cfg = engine.config
     latest = ctx.simulator_turn()
     query = retrieval_query(session.opening, latest.message if latest else "")
-    cards = user.cards()
-    embeddings = {cid: e for cid, e in user.embeddings().items() if cid in cards}
-    index = engine.index_cache.get(
-        user.user_id,
-        user.version(),
-        lambda: active_embeddings(cards, embeddings, cfg.policy.match_on),
-    )
+    # A cached index holds the cards' item vectors and notes: no card is read here.
+    index = user_index(engine.index_cache, user, cfg.policy.match_on)
     projection_version = engine.projection.version
     # rag: the policy sees no user vector (and so samples nothing: greedy top-k).
     vector = user.vector(cfg.projection_dim, projection_version) if ctx.method.uses_vector else None
@@ -63,7 +84,7 @@ def handle(ctx: StageContext) -> None:
         user.user_id,
         query_vector(engine.embedder, session.opening, latest.message if latest else ""),
         index,
-        embeddings,
+        None,
         vector,
         cfg.policy,
         ctx.rng("retrieve"),
@@ -71,10 +92,9 @@ def handle(ctx: StageContext) -> None:
         projection_version=projection_version,
         rerank=engine.reranker,
         query=query,
-        notes={cid: card.note for cid, card in cards.items()},
     )
     chosen_ids = [trace.candidate_ids[i] for i in trace.chosen]
-    result = RetrieveResult(chosen_ids, [cards[cid].note for cid in chosen_ids])
+    result = RetrieveResult(chosen_ids, index.notes_of(chosen_ids))
     ops = [
         Op("set", user.trace_key(session.session_id, ctx.turn), value=encode(trace)),
         ctx.output_op("retrieve", result),

@@ -156,6 +156,12 @@ class RedisBackend:
     def hget(self, key: str, field: str) -> bytes | None:
         return self._reader().hget(key, field)
 
+    def hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for start in range(0, len(fields), BULK_CHUNK):
+            out.extend(self._reader().hmget(key, fields[start : start + BULK_CHUNK]))
+        return out
+
     def hgetall(self, key: str) -> dict[str, bytes]:
         raw = self._reader().hgetall(key)
         return {f.decode(): v for f, v in raw.items()}

@@ -92,6 +92,12 @@ class Keys:
         return f"{self.ns}:campaigns"
 
 
+class ChangeSnapshot(msgspec.Struct, frozen=True):
+    version: int
+    log_length: int
+    changed: list[str] | None = None  # card ids changed from the asked position on
+
+
 class UserScope:
     """One user's view of the store. Every key it builds carries its own user id, and
     records read back are checked to belong to it: a cross-user read fails closed."""
@@ -117,6 +123,12 @@ class UserScope:
     @property
     def vector_key(self) -> str:
         return self._k.user(self.user_id, "vector")
+
+    @property
+    def changes_key(self) -> str:
+        """The change log: a list with one entry (the changed card ids, msgpack) per
+        version bump that changed cards, so a cached index can re-read only those."""
+        return self._k.user(self.user_id, "changes")
 
     def trace_key(self, session_id: str, turn: int) -> str:
         return self._k.user(self.user_id, f"trace:{session_id}:{turn}")
@@ -166,6 +178,40 @@ class UserScope:
     def embeddings(self) -> dict[str, CardEmbedding]:
         raw = self.store.backend.hgetall(self.embeddings_key)
         return {cid: decode(data, CardEmbedding) for cid, data in sorted(raw.items())}
+
+    def cards_of(self, card_ids: list[str]) -> dict[str, Card | None]:
+        """The records of these cards (superseded ones too), None for a card not (or no
+        longer) in the store."""
+        raw = self.store.backend.hmget(self.cards_key, card_ids)
+        return {
+            cid: None if data is None else self._own(decode(data, Card))
+            for cid, data in zip(card_ids, raw, strict=True)
+        }
+
+    def embeddings_of(self, card_ids: list[str]) -> dict[str, CardEmbedding]:
+        """The embeddings of these cards (only those that have one)."""
+        raw = self.store.backend.hmget(self.embeddings_key, card_ids)
+        return {
+            cid: decode(data, CardEmbedding)
+            for cid, data in zip(card_ids, raw, strict=True)
+            if data is not None
+        }
+
+    def change_snapshot(self, since: int | None = None) -> ChangeSnapshot:
+        """The version and the change log's length, read together; with ``since``, the
+        card ids of the log's entries from position ``since`` on (None when the log is
+        shorter: it was reset)."""
+
+        def build() -> tuple[list[Op], ChangeSnapshot]:
+            data = self.store.backend.get(self.version_key)
+            length = self.store.backend.llen(self.changes_key)
+            changed = None
+            if since is not None and 0 <= since <= length:
+                entries = self.store.backend.lrange(self.changes_key, since, -1) if since < length else []
+                changed = sorted({cid for e in entries for cid in decode(e, list[str])})
+            return [], ChangeSnapshot(int(data) if data else 0, length, changed)
+
+        return self.store.backend.transact([self.version_key, self.changes_key], build)
 
     def version(self) -> int:
         data = self.store.backend.get(self.version_key)
@@ -232,13 +278,19 @@ class UserScope:
                 data = self.store.backend.get(key)
                 if data is not None and doomed & set(decode(data, RetrievalTrace).candidate_ids):
                     ops.append(Op("del", key))
-            ops.append(self.bump_version_op())
+            ops += self.bump_version_ops(sorted(doomed))
             return ops, sorted(doomed)
 
         return self.store.backend.transact([self.cards_key, self.version_key], build)
 
     def bump_version_op(self) -> Op:
+        """A new version with no change log entry: cached indexes rebuild in full."""
         return Op("incr", self.version_key, value=b"1")
+
+    def bump_version_ops(self, changed_card_ids: list[str]) -> list[Op]:
+        """A new version and its change log entry (the cards written or deleted), in the
+        same atomic write as the cards themselves."""
+        return [self.bump_version_op(), Op("rpush", self.changes_key, value=encode(list(changed_card_ids)))]
 
     def put_vector_op(self, vector: UserVector) -> Op:
         return Op("set", self.vector_key, value=encode(vector))
