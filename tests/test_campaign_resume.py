@@ -35,6 +35,7 @@ from vars_core.campaign import (
     finished_session_ids,
     lane_session,
     progress,
+    register_campaign,
     registered_campaigns,
     save_plan,
 )
@@ -303,9 +304,12 @@ def test_republishing_queued_events_is_harmless_and_finished_is_left_alone(pipel
 
     rc, _, err = _cli(capsys, "resume", "nope-000")
     assert rc == 2 and "nope-000" in err
-    cancelled = launch(app, engine, store, CampaignSpec(
+    # Planned and registered but never started: cancelled before any session could finish.
+    cancelled, profiles = plan_campaign(CampaignSpec(
         name="gone", methods=["vanilla"], profiles=1, sessions=3, max_turns=2, datasets=["mmlu"], seed=1
     ))
+    save_plan(store, cancelled, profiles)
+    register_campaign(store, cancelled.campaign_id)
     rc, _, _ = _cli(capsys, "cancel", cancelled.campaign_id)
     assert rc == 0
     rc, _, err = _cli(capsys, "resume", cancelled.campaign_id)
