@@ -17,7 +17,8 @@ For each run: sessions/hr over the whole run (launch to last session end), the s
 capacity bound for the run's own token mix (``3600 K / slot-seconds per session``, see
 ``perf/capacity_server.py``), their ratio, and where the server's idle slot-time went.
 
-    python -m perf.capacity_campaign --runs 3      # writes its section of docs/performance.md
+    python -m perf.capacity_campaign --runs 3 --diagnose   # ~1 hour; writes its section of docs/performance.md
+    python -m perf.capacity_campaign --render results/capacity/capacity-<stamp>.json
 """
 
 from __future__ import annotations
@@ -183,7 +184,6 @@ class PipelineStack:
 
     def __enter__(self) -> PipelineStack:
         self.url = self.redis.start()
-        os.environ["REDIS_URL"] = self.url
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "REDIS_URL": self.url, "VARS_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
@@ -551,9 +551,8 @@ def render(document: dict[str, Any]) -> str:
         "`max_tokens`, drawn from a hash of the request, so a request gets the same length in "
         f"every run and in both modes. "
         + (
-            "Time scale 1: the delays as stated, not scaled (the orchestration needs well under "
-            "one of the two cores at this rate, so the server, not the CPU, sets the pace: see "
-            "the idle shares below). "
+            "Time scale 1: the delays as stated, not scaled; at this rate the server, not this "
+            "machine's two cores, set the pace (see the pipeline's slots idle before the drain). "
             if cap["time_scale"] == 1
             else f"Every delay multiplied by a time scale of {cap['time_scale']:g} (the bound with it). "
         )
