@@ -181,15 +181,7 @@ def _check_exactly_once(pipe: Pipeline, capsys, campaign_id: str, total: int) ->
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == total and len({r["session_id"] for r in records}) == total
     assert all(r["status"] == "done" for r in records)
-    for record in records:
-        messages = [(m.role, m.turn) for m in store.messages(record["session_id"])]
-        assert messages, record["session_id"]
-        last_turn = messages[-1][1]
-        expected = [(role, t) for t in range(1, last_turn + 1) for role in ("user", "assistant")]
-        if messages[-1][0] == "user":  # the user's last word ended the session
-            expected = expected[:-1]
-        assert messages == expected, (record["session_id"], messages)
-        assert record["turns"] == sum(role == "assistant" for role, _ in messages)
+    check_transcripts(store, records)
 
 
 @pytest.mark.integration
@@ -277,6 +269,20 @@ def test_sweeper_revives_a_lane_whose_event_was_lost(pipeline, engine, tmp_path,
             sweeper.kill()
             output, _ = sweeper.communicate()
     assert f"{lost_sid}  simulate@turn1" in output, output
+
+
+def check_transcripts(store, records: list[dict]) -> None:
+    """Every exported session's transcript has each turn once, user then assistant, and
+    its record counts the assistant's replies."""
+    for record in records:
+        messages = [(m.role, m.turn) for m in store.messages(record["session_id"])]
+        assert messages, record["session_id"]
+        last_turn = messages[-1][1]
+        expected = [(role, t) for t in range(1, last_turn + 1) for role in ("user", "assistant")]
+        if messages[-1][0] == "user":  # the user's last word ended the session
+            expected = expected[:-1]
+        assert messages == expected, (record["session_id"], messages)
+        assert record["turns"] == sum(role == "assistant" for role, _ in messages)
 
 
 @pytest.mark.integration

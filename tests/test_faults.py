@@ -48,7 +48,7 @@ from scheduler.campaigns import launch
 from scheduler.embedded_redis import process_alive
 from scheduler.spec import Backends, CampaignSpec
 from tests.pipeline_harness import Pipeline
-from tests.test_campaign_resume import _cli, _kill9, _spawn_one
+from tests.test_campaign_resume import _cli, _kill9, _spawn_one, check_transcripts
 from vars_core.campaign import finished_session_ids, lanes, load_plan, progress
 from vars_core.engine import Engine
 from vars_core.runner import lane_user_id, session_id_for
@@ -256,15 +256,7 @@ def _check_exactly_once(pipe: Pipeline, capsys, plan, retried: Counter) -> None:
     records = [json.loads(line) for line in out.splitlines()]
     assert sorted(r["session_id"] for r in records) == sorted(planned)
     assert all(r["status"] == "done" for r in records)
-    for record in records:
-        messages = [(m.role, m.turn) for m in store.messages(record["session_id"])]
-        assert messages, record["session_id"]
-        last_turn = messages[-1][1]
-        expected = [(role, t) for t in range(1, last_turn + 1) for role in ("user", "assistant")]
-        if messages[-1][0] == "user":  # the user's last word ended the session
-            expected = expected[:-1]
-        assert messages == expected, (record["session_id"], messages)
-        assert record["turns"] == sum(role == "assistant" for role, _ in messages)
+    check_transcripts(store, records)
 
 
 def _settle_and_check(pipe: Pipeline, capsys, plan, reference: dict, retried: Counter | None = None) -> int:
