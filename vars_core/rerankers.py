@@ -1,13 +1,19 @@
-"""Rerankers: (query, candidate notes) -> s0 in [0, 1], one score per note.
+"""Rerankers: (query, candidate notes) -> s0 = log P(yes), one score per note.
 
-Backends by name with ``make_reranker``: "none" (s0 = (1 + cos) / 2, computed by
-retrieval), "yesno" (a causal LM asked "yes" or "no", Qwen3-Reranker style), "cross_encoder"
-(a sequence-classification model) and "http" (vLLM's ``/rerank`` or ``/score``).
-``bind_reranker`` turns one into the callable that ``retrieval.retrieve`` takes.
+Every reranker speaks the reference's scale, a log-probability that the note applies to the
+query, clipped at log(1e-6) so it stays finite: softmax(s0 / tau) at tau = 1 is then
+proportional to P(yes). Backends by name with ``make_reranker``: "none"
+(s0 = log((1 + cos) / 2), computed by retrieval; an ablation), "scripted" (the scripted
+world's reranker of one stated ROC AUC, ``vars_core.scripted.reranker``), "yesno" (a causal
+LM asked "yes" or "no", Qwen3-Reranker style: the log-softmax over the (no, yes) logit pair),
+"cross_encoder" (a sequence-classification model: log sigmoid) and "http" (vLLM's
+``/rerank`` or ``/score``: the log of its probability). ``bind_reranker`` turns one into the
+callable that ``retrieval.retrieve`` takes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,17 +37,33 @@ QWEN3_PREFIX = (
 )
 QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
+# The floor of every s0: log(1e-6). A reranker certain that a note does not apply still
+# gives a finite score, so softmax and the learned term's cap stay defined.
+MIN_LOG_P = math.log(1e-6)
+
+
+def log_probs(p: Any) -> np.ndarray:
+    """log of probabilities, clipped to [MIN_LOG_P, 0]."""
+    return np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1.0))
+
+
+def log_sigmoid(logits: Any) -> np.ndarray:
+    """log sigmoid(x), computed stably, clipped to [MIN_LOG_P, 0]."""
+    x = np.asarray(logits, dtype=np.float64)
+    return np.maximum(-np.logaddexp(0.0, -x), MIN_LOG_P)
+
 
 class Reranker(Protocol):
     name: str
 
     def score(self, query: str, documents: list[str]) -> np.ndarray | None:
-        """(len(documents),) float64 in [0, 1]; None means "no opinion: use the cosine"."""
+        """(len(documents),) float64 log P(yes) in [MIN_LOG_P, 0]; None means "no opinion:
+        use the cosine"."""
         ...
 
 
 class NoReranker:
-    """s0 = (1 + cos) / 2: retrieval computes it when no rerank callable is given."""
+    """s0 = log((1 + cos) / 2): retrieval computes it when no rerank callable is given."""
 
     name = "none"
 
@@ -50,13 +72,17 @@ class NoReranker:
 
 
 def bind_reranker(
-    reranker: Reranker | None, query: str, notes: Mapping[str, str] | None
+    reranker: Reranker | None, query: str, notes: Mapping[str, str] | None, opening: str = ""
 ) -> retrieval.Reranker | None:
     """The ``rerank`` argument of ``retrieval.retrieve`` for one query: candidate ids and
-    cosines in, s0 out. None (the cosine default) for no reranker or ``NoReranker``."""
+    cosines in, s0 out. None (the cosine default) for no reranker or ``NoReranker``.
+    A reranker with ``reads_opening`` (the scripted one) judges the session's request, its
+    ``opening``, rather than the query with the latest message appended."""
     if reranker is None or isinstance(reranker, NoReranker):
         return None
     name = getattr(reranker, "name", type(reranker).__name__)
+    if getattr(reranker, "reads_opening", False) and opening:
+        query = opening
     if notes is None or not query:
         raise ValueError(f"reranker {name!r} reads texts: pass the query and the notes")
 
@@ -68,19 +94,22 @@ def bind_reranker(
             raise KeyError(f"no note text for candidate cards {missing[:5]}")
         scores = reranker.score(query, [notes[cid] for cid in card_ids])
         if scores is None:
-            return retrieval.base_scores(cosines)
+            return retrieval.cosine_log_p(cosines)
         return check_scores(scores, len(card_ids), name)
 
     return rerank
 
 
 def check_scores(scores: Any, n: int, source: str) -> np.ndarray:
+    """One finite log P(yes) per document, in [MIN_LOG_P, 0]."""
     out = np.asarray(scores, dtype=np.float64)
     if out.shape != (n,):
         raise ValueError(f"reranker {source!r} gave {out.shape} scores for {n} documents")
-    if not np.isfinite(out).all() or (out < -1e-6).any() or (out > 1 + 1e-6).any():
-        raise ValueError(f"reranker {source!r} gave scores outside [0, 1]: {out[:8]}")
-    return np.clip(out, 0.0, 1.0)
+    if not np.isfinite(out).all() or (out < MIN_LOG_P - 1e-6).any() or (out > 1e-6).any():
+        raise ValueError(
+            f"reranker {source!r} gave scores outside [log(1e-6), 0] (log P(yes)): {out[:8]}"
+        )
+    return np.clip(out, MIN_LOG_P, 0.0)
 
 
 def _load(model_dir: str | Path, device: str, auto_class: str) -> tuple[Any, Any, Any]:
@@ -99,9 +128,10 @@ def _load(model_dir: str | Path, device: str, auto_class: str) -> tuple[Any, Any
 
 
 class YesNoReranker:
-    """A causal LM judges each (query, note) pair; s0 = P("yes") from a softmax over the
-    "yes" and "no" logits at the last position. Prompts are left-padded in a batch so that
-    the last position is every row's answer slot."""
+    """A causal LM judges each (query, note) pair; s0 = log P("yes") from a log-softmax over
+    the "no" and "yes" logits at the last position (as Qwen3-Reranker's own code normalizes:
+    over the pair, not the vocabulary). Prompts are left-padded in a batch so that the last
+    position is every row's answer slot."""
 
     def __init__(
         self,
@@ -172,13 +202,13 @@ class YesNoReranker:
                 position_ids=positions.to(self.device),
             ).logits[:, -1, :]
             pair = torch.stack([logits[:, self.no_id], logits[:, self.yes_id]], dim=1).float()
-            p_yes = torch.softmax(pair, dim=1)[:, 1]
-        return p_yes.cpu().numpy().astype(np.float64)
+            log_p_yes = torch.log_softmax(pair, dim=1)[:, 1]
+        return np.maximum(log_p_yes.cpu().numpy().astype(np.float64), MIN_LOG_P)
 
 
 class CrossEncoderReranker:
-    """A sequence-classification model over (query, note) pairs: sigmoid of a single
-    logit, or the softmax probability of label 1 for a two-label head."""
+    """A sequence-classification model over (query, note) pairs: log sigmoid of a single
+    logit, or the log-softmax of label 1 for a two-label head."""
 
     def __init__(
         self,
@@ -219,13 +249,17 @@ class CrossEncoderReranker:
         ).to(self.device)
         with torch.inference_mode():
             logits = self.model(**batch).logits.float()
-            probs = torch.sigmoid(logits[:, 0]) if self.num_labels == 1 else logits.softmax(1)[:, 1]
-        return probs.cpu().numpy().astype(np.float64)
+            if self.num_labels == 1:
+                log_p = torch.nn.functional.logsigmoid(logits[:, 0])
+            else:
+                log_p = logits.log_softmax(1)[:, 1]
+        return np.maximum(log_p.cpu().numpy().astype(np.float64), MIN_LOG_P)
 
 
 class HTTPReranker:
     """vLLM's ``/rerank`` (``results`` of ``index`` + ``relevance_score``) or ``/score``
-    (``data`` of ``index`` + ``score``). ``sigmoid=True`` for servers that return logits."""
+    (``data`` of ``index`` + ``score``). The server's probability becomes log P(yes);
+    ``sigmoid=True`` for servers that return logits (then s0 = log sigmoid(logit))."""
 
     def __init__(
         self,
@@ -268,13 +302,13 @@ class HTTPReranker:
         body = post_json(self._client, self.url, payload, self.retries)
         scores = self._parse(body, items_key, score_key, len(documents))
         if self.sigmoid:
-            scores = 1.0 / (1.0 + np.exp(-scores))
-        try:
-            return check_scores(scores, len(documents), self.name)
-        except ValueError as exc:
+            return log_sigmoid(scores)
+        if (scores < -1e-6).any() or (scores > 1 + 1e-6).any():
             raise ModelServerError(
-                f"{self.url}: {exc}; set sigmoid=True if it returns logits"
-            ) from exc
+                f"{self.url}: reranker {self.name!r} gave scores outside [0, 1]: {scores[:8]}; "
+                "set sigmoid=True if it returns logits"
+            )
+        return log_probs(scores)
 
     def _parse(self, body: Any, items_key: str, score_key: str, n: int) -> np.ndarray:
         items = body.get(items_key) if isinstance(body, dict) else None
@@ -296,6 +330,7 @@ class HTTPReranker:
 # name -> "module:class"; "cross-encoder" is the config spelling
 _RERANKERS: dict[str, str] = {
     "none": "vars_core.rerankers:NoReranker",
+    "scripted": "vars_core.scripted.reranker:ScriptedReranker",
     "yesno": "vars_core.rerankers:YesNoReranker",
     "cross_encoder": "vars_core.rerankers:CrossEncoderReranker",
     "cross-encoder": "vars_core.rerankers:CrossEncoderReranker",
@@ -310,8 +345,8 @@ def reranker_kinds() -> list[str]:
 def make_reranker(kind: str = "none", **options: Any) -> Reranker:
     """A reranker by registered name; ``options`` go to its constructor: "yesno" and
     "cross_encoder" take ``model_dir`` (or ``path``) and ``device``, "http" takes
-    ``base_url``, ``model`` and ``endpoint``. Options that only another kind takes are
-    dropped (see ``embedder.build_backend``)."""
+    ``base_url``, ``model`` and ``endpoint``, "scripted" takes ``auc``. Options that only
+    another kind takes are dropped (see ``embedder.build_backend``)."""
     if "path" in options:
         options["model_dir"] = options.pop("path")
     if kind in ("yesno", "cross_encoder", "cross-encoder") and not options.get("model_dir"):
