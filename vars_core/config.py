@@ -21,10 +21,24 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # What the query is matched against: a card's condition ("when ...") decides whether it
     # applies to a request; its action text only adds noise to that match.
     match_on: Literal["condition", "note"] = "condition"
-    list_size: int = 5  # k cards in the prompt
+    list_size: int = 5  # k ranked cards in the prompt
     tau: float = 1.0
     beta_long: float = 2.0
     beta_short: float = 5.0
+    # Share of learning turns whose list is sampled (Plackett-Luce) instead of the greedy
+    # top-k; 0 serves greedy always, as the reference does.
+    epsilon: float = 0.0
+    # The learned term b(q, m): "bounded" = c * tanh(<z_eff, v_m> / c) on cards the reranker
+    # accepts (P(yes) >= 0.5), 0 on the rest, with c = kappa * std(s0 over the top 2k);
+    # "linear" = <z_eff, v_m> on every candidate (the reference's form, an ablation).
+    learned_term: Literal["bounded", "linear"] = "bounded"
+    kappa: float = 1.0
+    # What s0 is: "log" = log P(yes) (the reference's scale); "prob" = P(yes) (an ablation).
+    s0_scale: Literal["log", "prob"] = "log"
+    # Cards whose condition holds for every request ("always", "any request", ...) skip
+    # ranking and follow the k ranked cards in the prompt, at most max_global of them.
+    global_bypass: bool = True
+    max_global: int = 10
 
 
 class ReinforceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -32,18 +46,10 @@ class ReinforceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eta_short: float = 0.002
     alpha: float = 0.05  # baseline step
     decay_short: float = 0.1  # lambda: z_short decay per applied update
-    gradient: Literal["exact", "heuristic"] = "exact"
     min_advantage: float = 1e-6
-    # Restatement credit: when the user restates a preference that is one of the rated
-    # turn's candidate cards, z_long also moves that card above the cards the list put
-    # before it (0: off; see vars_core/reinforce.py restatement_gradient).
-    restate_credit: float = 0.0
-
-
-class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    dedup_cosine: float = 0.95  # note cosine at or above which a new card is a duplicate
-    supersede_cosine: float = 0.9  # condition cosine at or above which conditions match
-    max_cards: int = 500  # per-user cap on active cards
+    # Pairwise conflict credit: when the user restates a preference r that conflicts with
+    # a card c of the list they reacted to, z_long moves r above c (0: off).
+    eta_pairwise: float = 0.05
 
 
 class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -70,6 +76,19 @@ class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     schema_format: Literal["json_schema", "json_object"] = "json_schema"
 
 
+class MemoryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    dedup_cosine: float = 0.95  # note cosine at or above which a new card is a duplicate
+    supersede_cosine: float = 0.9  # condition cosine at or above which conditions match
+    max_cards: int = 500  # per-user cap on active cards
+    # Whether two actions conflict (a new card supersedes an old one under the same
+    # condition; the pairwise credit's pairs): "auto" = "llm" when conflict_llm is an
+    # openai backend, "scripted" in scripted-world campaigns, else "table".
+    conflict_judge: Literal["auto", "llm", "scripted", "table"] = "auto"
+    conflict_llm: LLMConfig = LLMConfig()
+    # The scripted conflict judge's error rate: the share of action pairs it gets wrong.
+    scripted_conflict_error: float = 0.05
+
+
 class EmbedderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kind: Literal["minilm", "transformers", "openai"] = "minilm"
     path: str = ""
@@ -82,7 +101,11 @@ class EmbedderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class RerankerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    kind: Literal["none", "yesno", "cross-encoder", "http"] = "none"
+    """kind "auto": the scripted reranker in scripted-world campaigns, "none" otherwise.
+    ``auc``: the scripted reranker's ROC AUC (its one quality figure)."""
+
+    kind: Literal["auto", "none", "scripted", "yesno", "cross-encoder", "http"] = "auto"
+    auc: float = 0.85
     path: str = ""
     device: str = "cpu"
     base_url: str = ""

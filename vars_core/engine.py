@@ -18,6 +18,7 @@ import numpy as np
 
 from vars_core.backend_stats import BackendStats
 from vars_core.config import EngineConfig, LLMConfig
+from vars_core.conflicts import ConflictCheck, table_conflict
 from vars_core.embedder import Embedder
 from vars_core.extractor import rule_extract
 from vars_core.judge import keyword_judge
@@ -45,7 +46,7 @@ SimulatorFn = Callable[
 ]
 ReplySinkFactory = Callable[[Any, str, int], ReplySink | None]
 # Roles whose components keep BackendStats counters (calls, repairs, fallbacks, errors).
-STATS_ROLES = ("judge", "extractor", "simulator", "answer_judge")
+STATS_ROLES = ("judge", "extractor", "simulator", "answer_judge", "conflict_judge")
 
 
 def make_role_llm(cfg: LLMConfig, role: str) -> Any:
@@ -83,6 +84,7 @@ class Engine:
         self.user_params = user_params or ScriptedUserParams()
         self.agent_params = agent_params or ScriptedAgentParams()
         self.index_cache = IndexCache()
+        self._reranker_cache: dict[str, Any] = {}  # kind -> reranker, made on first use
         # Where a live turn's reply streams as it is generated (replaceable: any
         # (store, session_id, turn) -> ReplySink | None).
         self.reply_sink: ReplySinkFactory = redis_reply_sink
@@ -113,7 +115,7 @@ class Engine:
             if same_projection:
                 borrowed.add("projection")
         if config.reranker == self.config.reranker:
-            borrowed.add("reranker")
+            child._reranker_cache = self._reranker_cache  # the same models, loaded once
         # Indexes are keyed by user and store version; a campaign's users are its own.
         child.index_cache = self.index_cache
         child.reply_sink = self.reply_sink
@@ -147,22 +149,69 @@ class Engine:
         inner = make_embedder(cfg.kind, **options, batch_invariant=False)
         return BatchedEmbedder(inner, batcher.max_items, batcher.max_wait_ms)
 
-    @cached_property
-    def reranker(self) -> Any:
-        if "reranker" in self._borrowed:
-            return self._borrow("reranker")
-        cfg = self.config.reranker
-        if cfg.kind == "none":
+    def scripted_world(self, lane: str) -> bool:
+        """Is this lane's traffic the scripted world? Campaign lanes whose simulated user is
+        scripted: the catalog knows every preference their users state."""
+        return lane == "campaign" and self.config.simulator == "scripted"
+
+    def reranker_for(self, lane: str) -> Any:
+        """The reranker of a lane's retrievals (None for "none"). Kind "auto" is the
+        scripted reranker in the scripted world and "none" elsewhere."""
+        kind = self.config.reranker.kind
+        if kind == "auto":
+            kind = "scripted" if self.scripted_world(lane) else "none"
+        return self._rerankers(kind)
+
+    def _rerankers(self, kind: str) -> Any:
+        if kind == "none":
             return None
+        with self._lock:
+            if kind not in self._reranker_cache:
+                self._reranker_cache[kind] = self._make_reranker(kind)
+            return self._reranker_cache[kind]
+
+    def _make_reranker(self, kind: str) -> Any:
         from vars_core.batched import BatchedReranker, reranker_batched
         from vars_core.rerankers import make_reranker
 
+        cfg = self.config.reranker
         options = {k: v for k, v in msgspec.structs.asdict(cfg).items() if k != "kind" and v not in ("", None)}
-        reranker = make_reranker(cfg.kind, **options)
+        reranker = make_reranker(kind, **options)
         if reranker_batched(self.config.batcher, cfg):
             batcher = self.config.batcher
             return BatchedReranker(reranker, batcher.max_items, batcher.max_wait_ms)
         return reranker
+
+    def conflict_check_for(self, lane: str) -> ConflictCheck:
+        """Whether two actions conflict, for a lane's memory and pairwise credit: "auto" is
+        the LLM judge when ``memory.conflict_llm`` is an openai backend, the scripted judge
+        in the scripted world, else the generic table."""
+        cfg = self.config.memory
+        kind = cfg.conflict_judge
+        if kind == "auto":
+            if cfg.conflict_llm.kind == "openai":
+                kind = "llm"
+            else:
+                kind = "scripted" if self.scripted_world(lane) else "table"
+        if kind == "llm":
+            return self._llm_conflict_judge
+        if kind == "scripted":
+            return self._scripted_conflict_judge
+        return table_conflict
+
+    @cached_property
+    def _llm_conflict_judge(self) -> ConflictCheck:
+        from vars_core.conflicts import LLMConflictJudge
+
+        return LLMConflictJudge(
+            make_role_llm(self.config.memory.conflict_llm, "conflict_judge"), stats=self.stats["conflict_judge"]
+        )
+
+    @cached_property
+    def _scripted_conflict_judge(self) -> ConflictCheck:
+        from vars_core.scripted.conflicts import ScriptedConflictJudge
+
+        return ScriptedConflictJudge(self.config.memory.scripted_conflict_error)
 
     @cached_property
     def projection(self) -> Projection:

@@ -1,16 +1,27 @@
-"""The per-user retrieval policy: s = s0 + <z_eff, v>, pi = softmax(s / tau), a list of k cards.
+"""The per-user retrieval policy: s = s0 + b(q, m), pi = softmax(s / tau), a list of k cards.
 
-With learning on, the list is a Plackett-Luce sample (one card at a time, without
-replacement), so REINFORCE has a proper log-probability to differentiate; with learning off
-it is the greedy top-k. Either way the trace freezes everything a later update needs.
+s0 is the reranker's log P(yes). The learned term b moves cards the reranker accepts
+(P(yes) >= 0.5) by at most c = kappa * std(s0 over the top 2k candidates):
+``b = c * tanh(<z_eff, v_m> / c)``; the cards it rejects get no learned term, so the user
+vector reorders what applies and cannot pull in what does not.
+
+Serving is the greedy top-k under s, as the reference serves; on a share ``epsilon`` of
+learning turns the list is a Plackett-Luce sample instead (exploration). Either way the
+trace freezes everything a later update needs: s0, the learned term and its slope, pi and
+the list, and whether it was sampled.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from vars_core.config import PolicyConfig
 from vars_core.types import RetrievalTrace, UserVector
+
+# The reranker accepts a card when P(yes) >= 0.5.
+ACCEPT_LOG_P = math.log(0.5)
 
 
 def effective_vector(vector: UserVector, cfg: PolicyConfig) -> np.ndarray:
@@ -22,13 +33,32 @@ def effective_vector(vector: UserVector, cfg: PolicyConfig) -> np.ndarray:
     return cfg.beta_long * z_long + cfg.beta_short * z_short
 
 
-def policy_scores(s0: np.ndarray, items: np.ndarray, z_eff: np.ndarray) -> np.ndarray:
-    """s = s0 + items @ z_eff, one score per candidate (float64)."""
-    s0 = np.asarray(s0, dtype=np.float64)
-    items = np.asarray(items, dtype=np.float64)
-    if items.shape[0] == 0:
-        return s0.copy()
-    return s0 + items @ np.asarray(z_eff, dtype=np.float64)
+def ranking_base(log_p: np.ndarray, cfg: PolicyConfig) -> np.ndarray:
+    """The base score s0 the policy ranks by: log P(yes), or P(yes) under the "prob" ablation."""
+    log_p = np.asarray(log_p, dtype=np.float64)
+    return np.exp(log_p) if cfg.s0_scale == "prob" else log_p
+
+
+def learned_cap(s0: np.ndarray, cfg: PolicyConfig) -> float:
+    """c = kappa * std(s0 over the top 2k candidates): the learned term's reach, on the
+    scale of the reranker's own spread among the cards that compete for the list."""
+    top = np.sort(np.asarray(s0, dtype=np.float64))[::-1][: 2 * cfg.list_size]
+    return float(cfg.kappa * top.std()) if top.size > 1 else 0.0
+
+
+def learned_term(
+    log_p: np.ndarray, items: np.ndarray, z_eff: np.ndarray, cap: float, cfg: PolicyConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """b(q, m) per candidate and its derivative with respect to <z_eff, v_m> (the slope
+    that turns v_m into the gradient u_m)."""
+    raw = np.asarray(items, dtype=np.float64) @ np.asarray(z_eff, dtype=np.float64)
+    if cfg.learned_term == "linear":
+        return raw, np.ones_like(raw)
+    accepted = np.asarray(log_p, dtype=np.float64) >= ACCEPT_LOG_P - 1e-12
+    if cap <= 0:
+        return np.zeros_like(raw), np.zeros_like(raw)
+    t = np.tanh(raw / cap)
+    return np.where(accepted, cap * t, 0.0), np.where(accepted, 1.0 - t * t, 0.0)
 
 
 def softmax(s: np.ndarray, tau: float = 1.0) -> np.ndarray:
@@ -65,7 +95,7 @@ def greedy_top_k(s: np.ndarray, k: int) -> list[int]:
 def select(
     user_id: str,
     candidate_ids: list[str],
-    s0: np.ndarray,
+    log_p: np.ndarray,
     items: np.ndarray,
     vector: UserVector | None,
     cfg: PolicyConfig,
@@ -73,17 +103,20 @@ def select(
     learning: bool,
     projection_version: str,
 ) -> RetrievalTrace:
-    """Choose the prompt's cards and record the trace.
+    """Choose the ranked cards of the prompt and record the trace.
 
-    ``vector=None`` ranks by s0 alone (the rag method). A vector learned under another
-    projection than the items' is ignored for the same reason: its coordinates mean
-    nothing in this item space.
+    ``log_p``: the reranker's log P(yes) per candidate. ``vector=None`` ranks by s0 alone
+    (the rag method). A vector learned under another projection than the items' is ignored
+    for the same reason: its coordinates mean nothing in this item space. ``learning``: a
+    rag_vector turn, which explores (samples its list) with probability ``cfg.epsilon``.
     """
     n = len(candidate_ids)
-    s0 = np.asarray(s0, dtype=np.float64).reshape(-1)
+    log_p = np.asarray(log_p, dtype=np.float64).reshape(-1)
     items = np.asarray(items, dtype=np.float64).reshape(n, -1) if n else np.zeros((0, 0))
-    if s0.shape[0] != n or items.shape[0] != n:
-        raise ValueError(f"{n} candidates but {s0.shape[0]} scores and {items.shape[0]} items")
+    if log_p.shape[0] != n or items.shape[0] != n:
+        raise ValueError(f"{n} candidates but {log_p.shape[0]} scores and {items.shape[0]} items")
+    # Drawn on every learning turn, used or not, so a change of epsilon moves no other draw.
+    explore = learning and rng.random() < cfg.epsilon
     if n == 0:
         return RetrievalTrace(
             user_id=user_id,
@@ -93,20 +126,25 @@ def select(
             probs=[],
             chosen=[],
             tau=cfg.tau,
-            sampled=learning,
+            sampled=explore,
             projection_version=projection_version,
         )
-    z_eff = np.zeros(items.shape[1])
+    s0 = ranking_base(log_p, cfg)
+    cap = learned_cap(s0, cfg)
+    b, slopes = np.zeros(n), np.zeros(n)
     if vector is not None and _usable(vector, projection_version):
         z_eff = effective_vector(vector, cfg)
         if z_eff.shape[0] != items.shape[1]:
             raise ValueError(
                 f"user vector has {z_eff.shape[0]} dimensions, item vectors {items.shape[1]}"
             )
-    s = policy_scores(s0, items, z_eff)
+        b, slopes = learned_term(log_p, items, z_eff, cap, cfg)
+    elif learning:
+        _, slopes = learned_term(log_p, items, np.zeros(items.shape[1]), cap, cfg)
+    s = s0 + b
     pi = softmax(s, cfg.tau)
     k = min(cfg.list_size, n)
-    chosen = plackett_luce_sample(pi, k, rng) if learning else greedy_top_k(s, k)
+    chosen = plackett_luce_sample(pi, k, rng) if explore else greedy_top_k(s, k)
     return RetrievalTrace(
         user_id=user_id,
         candidate_ids=list(candidate_ids),
@@ -115,8 +153,11 @@ def select(
         probs=pi.tolist(),
         chosen=chosen,
         tau=cfg.tau,
-        sampled=learning,
+        sampled=explore,
         projection_version=projection_version,
+        learned=b.tolist(),
+        slopes=slopes.tolist(),
+        cap=cap,
     )
 
 

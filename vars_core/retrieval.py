@@ -17,13 +17,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import faiss
+import msgspec
 import numpy as np
 
 from vars_core.config import PolicyConfig
+from vars_core.global_prefs import is_global
 from vars_core.policy import select
 from vars_core.types import Card, CardEmbedding, RetrievalTrace, UserVector
 
-# (candidate ids, cosines) -> s0; a text reranker is bound to this shape by rerankers
+# (candidate ids, cosines) -> s0 (log P(yes)); a text reranker is bound to this shape by rerankers
 Reranker = Callable[[list[str], np.ndarray], np.ndarray]
 
 
@@ -31,10 +33,11 @@ class UserIndex:
     """FAISS ``IndexIDMap(IndexFlatIP)`` over unit note embeddings; int64 ids are positions
     in ``card_ids`` (sorted, so a rebuild from the same cards gives the same ids).
 
-    Built by ``from_cards`` it also holds, per position, the card's note and item vector
-    (float32: the projection writes float32, so the values are the stored ones), and
-    ``log_length``, how much of the user's change log it reflects (``patched`` applies the
-    rest). Never changed once built: a patch makes a new index, so threads can share one.
+    Built by ``from_cards`` it also holds, per position, the card's note, item vector
+    (float32: the projection writes float32, so the values are the stored ones), creation
+    stamp and whether its condition is global, and ``log_length``, how much of the user's
+    change log it reflects (``patched`` applies the rest). Never changed once built: a patch
+    makes a new index, so threads can share one.
     """
 
     def __init__(self, embeddings: Mapping[str, np.ndarray], version: int = 0, dim: int = 0):
@@ -58,6 +61,8 @@ class UserIndex:
                     np.arange(len(card_ids), dtype=np.int64),
                 )
         self.notes: list[str] | None = None  # per position; None: not built from cards
+        self.created: list[str] = []  # per position: the card's creation stamp
+        self.global_mask = np.zeros(len(card_ids), dtype=bool)  # per position: a global card
         self.items: dict[str, np.ndarray] = {}  # projection version -> (n, d) float32
         self.log_length = -1  # change log entries reflected; -1: unknown (no patching)
 
@@ -74,6 +79,8 @@ class UserIndex:
         notes and item vectors."""
         index = cls(active_embeddings(cards, embeddings, match_on), version)
         index.notes = [cards[cid].note for cid in index.card_ids]
+        index.created = [cards[cid].created_at for cid in index.card_ids]
+        index.global_mask = np.array([is_global(cards[cid].condition) for cid in index.card_ids], dtype=bool)
         index.items = _item_matrices([embeddings[cid] for cid in index.card_ids])
         index.log_length = log_length
         return index
@@ -105,6 +112,10 @@ class UserIndex:
         new._build([ids[i] for i in order], matrix, version)
         notes = [self.notes[i] for i in keep] + [live[cid].note for cid in added]
         new.notes = [notes[i] for i in order]
+        created = [self.created[i] for i in keep] + [live[cid].created_at for cid in added]
+        new.created = [created[i] for i in order]
+        mask = [bool(self.global_mask[i]) for i in keep] + [is_global(live[cid].condition) for cid in added]
+        new.global_mask = np.array([mask[i] for i in order], dtype=bool)
         added_items = _item_matrices([embeddings[cid] for cid in added])
         for pv in {*self.items, *added_items}:
             old, extra = self.items.get(pv), added_items.get(pv)
@@ -150,6 +161,13 @@ class UserIndex:
         """The k nearest cards by inner product (= cosine for unit vectors), best first."""
         positions, scores = self.search_positions(query_embedding, k)
         return [self.card_ids[i] for i in positions], scores
+
+    def global_positions(self, limit: int) -> list[int]:
+        """Positions of up to ``limit`` global cards, newest first (a later general
+        preference is the user's current one)."""
+        positions = np.flatnonzero(self.global_mask).tolist()
+        positions.sort(key=lambda i: (self.created[i], self.card_ids[i]), reverse=True)
+        return positions[: max(limit, 0)]
 
     def item_rows(self, positions: np.ndarray, projection_version: str, default_dim: int) -> np.ndarray:
         """Item vectors (float64) of the cards at ``positions``; zero for a card whose item
@@ -267,9 +285,10 @@ def dense_candidates(
     return index.search(query_embedding, k)
 
 
-def base_scores(cosines: np.ndarray) -> np.ndarray:
-    """The "none" reranker: s0 = (1 + cos) / 2 in [0, 1]."""
-    return np.clip((1.0 + np.asarray(cosines, dtype=np.float64)) / 2.0, 0.0, 1.0)
+def cosine_log_p(cosines: np.ndarray) -> np.ndarray:
+    """The "none" reranker (an ablation): s0 = log((1 + cos) / 2), clipped at log(1e-6)."""
+    p = np.clip((1.0 + np.asarray(cosines, dtype=np.float64)) / 2.0, 1e-6, 1.0)
+    return np.log(p)
 
 
 def retrieve(
@@ -285,23 +304,32 @@ def retrieve(
     rerank: Reranker | Any | None = None,
     query: str = "",
     notes: Mapping[str, str] | None = None,
+    opening: str = "",
 ) -> RetrievalTrace:
-    """Query embedding -> dense top-K -> s0 -> policy list, as a trace.
+    """Query embedding -> global cards set aside -> dense top-K -> s0 -> policy list, as a trace.
 
     Item vectors are the stored ``CardEmbedding.item`` of each candidate: from
     ``embeddings``, or, when it is None, from the index (``UserIndex.from_cards``), which
-    then also gives the notes. A card whose item vector belongs to another projection gets
-    a zero item vector: it still competes on s0, and the trace records exactly the scores
-    it was ranked by. ``rerank`` is either a callable mapping (candidate ids, cosines) to
-    s0, or a ``rerankers.Reranker`` (it has ``score(query, documents)``), which reads
-    ``query`` and the candidates' ``notes`` (card id -> note text); without one
-    s0 = (1 + cos) / 2.
+    then also gives the notes and sets global cards aside (``cfg.global_bypass``: up to
+    ``cfg.max_global`` of them skip ranking; the trace lists them as ``bypassed``). A card
+    whose item vector belongs to another projection gets a zero item vector: it still
+    competes on s0, and the trace records exactly the scores it was ranked by. ``rerank``
+    is either a callable mapping (candidate ids, cosines) to s0, or a
+    ``rerankers.Reranker`` (it has ``score(query, documents)``), which reads ``query`` (or
+    ``opening``, see ``rerankers.bind_reranker``) and the candidates' ``notes`` (card id ->
+    note text); without one s0 = log((1 + cos) / 2).
     """
     default_dim = len(vector.z_long) if vector else 0
+    bypassed: list[str] = []
     if embeddings is None:
         if index.notes is None:
             raise ValueError("without embeddings, the index must hold them (UserIndex.from_cards)")
-        positions, cosines = index.search_positions(query_embedding, cfg.top_k_dense)
+        aside = index.global_positions(cfg.max_global) if cfg.global_bypass else []
+        bypassed = [index.card_ids[i] for i in aside]
+        positions, cosines = index.search_positions(query_embedding, cfg.top_k_dense + len(aside))
+        if aside:
+            keep = ~np.isin(positions, aside)
+            positions, cosines = positions[keep][: cfg.top_k_dense], cosines[keep][: cfg.top_k_dense]
         ids = [index.card_ids[i] for i in positions]
         items = index.item_rows(positions, projection_version, default_dim)
         if notes is None:
@@ -320,9 +348,10 @@ def retrieve(
     if rerank is not None and hasattr(rerank, "score"):
         from vars_core.rerankers import bind_reranker  # rerankers imports this module
 
-        rerank = bind_reranker(rerank, query, notes)
-    s0 = rerank(ids, cosines) if rerank is not None else base_scores(cosines)
-    return select(user_id, ids, s0, items, vector, cfg, rng, learning, projection_version)
+        rerank = bind_reranker(rerank, query, notes, opening)
+    log_p = rerank(ids, cosines) if rerank is not None else cosine_log_p(cosines)
+    trace = select(user_id, ids, log_p, items, vector, cfg, rng, learning, projection_version)
+    return msgspec.structs.replace(trace, bypassed=bypassed) if bypassed else trace
 
 
 def _item_dim(embeddings: Mapping[str, CardEmbedding], projection_version: str) -> int:

@@ -39,12 +39,17 @@ def tenant_mean_ops(store: StateStore, user_id: str, old: UserVector | None, new
     dim = len((new or old).z_long) if (new or old) else 0
     total = np.asarray(agg.total or [0.0] * dim, dtype=np.float64)
     count = agg.count
-    if old is not None and old.updates > 0:
+    if old is not None and _learned(old):
         total -= np.asarray(old.z_long)
         count -= 1
-    if new is not None and new.updates > 0:
+    if new is not None and _learned(new):
         total += np.asarray(new.z_long)
         count += 1
     return [Op("set", tenant_key(store, tenant), value=encode(TenantMean(total.tolist(), max(count, 0))))]
 
 
+
+
+def _learned(vector: UserVector) -> bool:
+    """A user counts in the aggregate once any step has moved its z_long."""
+    return vector.updates + vector.pairwise_steps > 0

@@ -116,25 +116,31 @@ class CardEmbedding(msgspec.Struct, frozen=True):
 
 
 class RetrievalTrace(msgspec.Struct, frozen=True):
-    """Everything a later REINFORCE update needs, frozen at retrieval time."""
+    """Everything a later update needs, frozen at retrieval time."""
 
     user_id: str
-    candidate_ids: list[str]
+    candidate_ids: list[str]  # the ranked candidates (bypassed global cards are not)
     item_vectors: list[list[float]]
-    base_scores: list[float]  # s0 per candidate
-    probs: list[float]  # pi over candidates at sampling time
-    chosen: list[int]  # indices into candidate_ids, in sampled order
+    base_scores: list[float]  # s0 per candidate: the reranker's log P(yes)
+    probs: list[float]  # pi = softmax((s0 + learned) / tau) over candidates
+    chosen: list[int]  # indices into candidate_ids, in list order
     tau: float
-    sampled: bool  # Plackett-Luce sample (True) or greedy top-k (False)
+    sampled: bool  # Plackett-Luce sample (True, exploration) or greedy top-k (False)
     projection_version: str
+    learned: list[float] = []  # b(q, m) per candidate: the user vector's term in s
+    # d b / d <z_eff, v_m> per candidate (0 where there is no learned term): u_m = slope v_m
+    slopes: list[float] = []
+    cap: float = 0.0  # c: the bound of the learned term
+    bypassed: list[str] = []  # global cards put in the prompt after the ranked ones
 
 
 class UserVector(msgspec.Struct, frozen=True):
     z_long: list[float]
     z_short: list[float]
     baseline: float = 0.0
-    updates: int = 0
+    updates: int = 0  # REINFORCE steps applied
     projection_version: str = ""
+    pairwise_steps: int = 0  # pairwise conflict-credit steps applied
 
 
 # --------------------------------------------------------------------------- stage outputs
@@ -192,11 +198,21 @@ class RetrieveResult(msgspec.Struct, frozen=True):
     notes: list[str]
 
 
+class PairwiseStep(msgspec.Struct, frozen=True):
+    """One applied conflict-credit step: the restated card moved above a conflicting card
+    of the list the user reacted to. ``delta`` = (s_r - s_c) / tau before the step."""
+
+    restated: str
+    conflicting: str
+    delta: float
+
+
 class ExtractResult(msgspec.Struct, frozen=True):
     extracted: list[ExtractedPreference]
     added: list[str]
     merged: list[str]
     superseded: list[str]
+    credit: list[PairwiseStep] = []  # pairwise conflict-credit steps applied with this merge
 
 
 # --------------------------------------------------------------------------- sessions

@@ -86,7 +86,8 @@ def stage_models(stage: str, config: EngineConfig) -> list[StageModel]:
             models.append(StageModel("embedder", emb.kind, device=emb.device))
         else:
             models.append(StageModel("embedder", emb.kind, base_url=emb.base_url))
-    if stage == "retrieve" and config.reranker.kind != "none":
+    # "auto", "none" and "scripted" load no model.
+    if stage == "retrieve" and config.reranker.kind not in ("auto", "none", "scripted"):
         rr = config.reranker
         if rr.kind in IN_PROCESS_RERANKERS:
             models.append(StageModel("reranker", rr.kind, device=rr.device))

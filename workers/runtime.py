@@ -76,5 +76,7 @@ def preload(stage: str) -> None:
 
     built = engine()
     for model in stage_models(stage, built.config):
-        if model.in_process:
+        if model.role == "reranker":
+            built.reranker_for("live")  # an in-process kind is named: the same for every lane
+        elif model.in_process:
             getattr(built, model.role)

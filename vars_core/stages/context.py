@@ -10,7 +10,9 @@ from vars_core.engine import Engine
 from vars_core.methods import Method, get_method
 from vars_core.rng import rng_for
 from vars_core.store import StateStore, UserScope
-from vars_core.types import Message, Profile, SessionState, SimulatorTurn
+from vars_core.store.backend import Op
+from vars_core.tenant import tenant_key, tenant_mean_ops, tenant_of
+from vars_core.types import Message, Profile, SessionState, SimulatorTurn, UserVector
 
 
 def world_key(session: SessionState) -> str:
@@ -66,6 +68,25 @@ class StageContext:
 
     def output_op(self, stage: str, value: object):
         return self.store.stage_output_op(self.session.session_id, self.turn, stage, value)
+
+    @property
+    def keeps_tenant_mean(self) -> bool:
+        """Live users feed their tenant's cold-start mean; campaign lanes never do."""
+        return self.session.lane == "live" and self.engine.config.cold_start == "tenant_mean"
+
+    def vector_watch(self) -> list[str]:
+        """The keys a read-modify-write of the user's vector must watch."""
+        watch = [self.user.vector_key]
+        if self.keeps_tenant_mean:
+            watch.append(tenant_key(self.store, tenant_of(self.user.user_id)))
+        return watch
+
+    def vector_ops(self, old: UserVector, new: UserVector) -> list[Op]:
+        """Write the user's new vector (and keep the tenant aggregate in step)."""
+        ops = [self.user.put_vector_op(new)]
+        if self.keeps_tenant_mean:
+            ops += tenant_mean_ops(self.store, self.user.user_id, old, new)
+        return ops
 
     def card_stamp(self) -> str:
         """A sortable creation stamp: cards are listed to all_memory in creation order.

@@ -1,7 +1,9 @@
 """retrieve: dense top-K over the user's own cards, s0, then the policy picks the list.
 
-The trace (candidates, their item vectors, pi and the list) is stored under the user's
-keys; the next turn's update reads exactly these values."""
+The trace (candidates, their item vectors, s0, the learned term, pi and the list) is
+stored under the user's keys; the next turn's update and the pairwise credit read exactly
+these values. The prompt gets the k ranked cards, then the global cards that bypassed
+ranking."""
 
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ def handle(ctx: StageContext) -> None:
     # A cached index holds the cards' item vectors and notes: no card is read here.
     index = user_index(engine.index_cache, user, cfg.policy.match_on)
     projection_version = engine.projection.version
-    # rag: the policy sees no user vector (and so samples nothing: greedy top-k).
+    # rag: the policy sees no user vector (and so never explores: greedy top-k).
     vector = user.vector(cfg.projection_dim, projection_version) if ctx.method.uses_vector else None
     trace = retrieve(
         user.user_id,
@@ -90,11 +92,12 @@ def handle(ctx: StageContext) -> None:
         ctx.rng("retrieve"),
         learning=ctx.method.uses_vector,
         projection_version=projection_version,
-        rerank=engine.reranker,
+        rerank=engine.reranker_for(session.lane),
         query=query,
+        opening=session.opening,
     )
-    chosen_ids = [trace.candidate_ids[i] for i in trace.chosen]
-    result = RetrieveResult(chosen_ids, index.notes_of(chosen_ids))
+    prompt_ids = [trace.candidate_ids[i] for i in trace.chosen] + trace.bypassed
+    result = RetrieveResult(prompt_ids, index.notes_of(prompt_ids))
     ops = [
         Op("set", user.trace_key(session.session_id, ctx.turn), value=encode(trace)),
         ctx.output_op("retrieve", result),

@@ -3,22 +3,10 @@ retrieval trace of the previous turn. The read-modify-write of the vector is ato
 
 from __future__ import annotations
 
-from vars_core.notes import restated_notes
 from vars_core.reinforce import reinforce_update
 from vars_core.stages.context import StageContext
 from vars_core.store.state import decode
-from vars_core.tenant import tenant_key, tenant_mean_ops, tenant_of
 from vars_core.types import JudgeResult, RetrievalTrace, UpdateResult
-
-
-def restated_candidates(ctx: StageContext, trace: RetrievalTrace) -> list[int]:
-    """Indices of the trace's candidates whose note the user's message restates."""
-    message = next(
-        (m.content for m in reversed(ctx.messages()) if m.role == "user" and m.turn == ctx.turn), ""
-    )
-    cards = ctx.user.cards(include_superseded=True)  # a card deleted since has no note
-    notes = [cards[cid].note if cid in cards else "" for cid in trace.candidate_ids]
-    return restated_notes(message, notes)
 
 
 def handle(ctx: StageContext) -> None:
@@ -33,22 +21,10 @@ def handle(ctx: StageContext) -> None:
             return [ctx.output_op("update", result)]
         trace = decode(trace_data, RetrievalTrace)
         vector = ctx.user.vector(cfg.projection_dim, trace.projection_version)
-        new_vector, result = reinforce_update(
-            vector, trace, judge, cfg.reinforce, cfg.policy, restated=restated
-        )
+        new_vector, result = reinforce_update(vector, trace, judge, cfg.reinforce, cfg.policy)
         ops = [ctx.output_op("update", result)]
         if result.applied:
-            ops.append(ctx.user.put_vector_op(new_vector))
-            if keeps_tenant_mean:
-                ops += tenant_mean_ops(ctx.store, ctx.user.user_id, vector, new_vector)
+            ops += ctx.vector_ops(vector, new_vector)
         return ops
 
-    restated: list[int] = []
-    if judge is not None and judge.label == "neg_constraint_restate" and cfg.reinforce.restate_credit > 0 and trace_data:
-        restated = restated_candidates(ctx, decode(trace_data, RetrievalTrace))
-    # Live users feed their tenant's cold-start mean; campaign lanes never do.
-    keeps_tenant_mean = ctx.session.lane == "live" and cfg.cold_start == "tenant_mean"
-    watch = [ctx.user.vector_key]
-    if keeps_tenant_mean:
-        watch.append(tenant_key(ctx.store, tenant_of(ctx.user.user_id)))
-    ctx.store.transact_stage(sid, ctx.turn, "update", watch, build)
+    ctx.store.transact_stage(sid, ctx.turn, "update", ctx.vector_watch(), build)
