@@ -4,8 +4,9 @@ Two sources, both explicit:
 - note-form sentences ("When X, Y.", as the scripted user restates them), read with the same
   parser the memory writes with, so condition and action come back exactly (confidence 0.9);
 - a few common phrasings of a standing preference ("I prefer X when Y", "always X",
-  "never X", "from now on, X", "X from now on") (confidence 0.7). Without a "when" clause
-  their condition is ``ANY_REQUEST``.
+  "never X", "from now on, X", "X from now on", and a change of mind: "actually, X",
+  "on second thought, X") (confidence 0.7). Without a "when" clause their condition is
+  ``ANY_REQUEST``.
 
 Questions are ignored: "Could you always use bullets?" asks, it does not state.
 Every result round-trips through ``format_note``/``parse_notes``; a phrase that would not
@@ -39,6 +40,14 @@ _NEVER = re.compile(
 )
 _FROM_NOW_ON_HEAD = re.compile(r"^from now on,? (?P<action>.+)$", re.I)
 _FROM_NOW_ON_TAIL = re.compile(r"^(?P<action>.+?),? from now on$", re.I)
+# A change of mind states the new standing preference: "actually, give me long answers".
+# Only a directive counts ("actually, I think so" states nothing).
+_CHANGE_OF_MIND = re.compile(
+    r"^(?:actually|on second thought|scratch that),\s+(?P<action>(?:please\s+)?(?:give|use|keep|make|"
+    r"write|answer|reply|respond|show|skip|include|put|be|stop|start|explain|format|add|avoid|"
+    r"do|don'?t|never|always)\b.+)$",
+    re.I,
+)
 _WHEN_CLAUSE = re.compile(r"^(?P<action>.+?),? (?:when|whenever) (?P<condition>.+)$", re.I)
 
 
@@ -75,7 +84,7 @@ def _from_sentence(sentence: str) -> list[ExtractedPreference]:
 def _from_pattern(sentence: str) -> tuple[str, str] | None:
     """(condition, action) of one stated-preference phrasing, or None."""
     text = _LEADING_FILLER.sub("", sentence.strip().rstrip(_TRAILING_PUNCT))
-    if m := _FROM_NOW_ON_HEAD.match(text) or _FROM_NOW_ON_TAIL.match(text):
+    if m := _FROM_NOW_ON_HEAD.match(text) or _FROM_NOW_ON_TAIL.match(text) or _CHANGE_OF_MIND.match(text):
         text = _LEADING_FILLER.sub("", m["action"])
         if not (_ALWAYS.match(text) or _NEVER.match(text)):
             return _split_condition(text)

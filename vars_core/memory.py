@@ -7,9 +7,11 @@ user's active cards (DESIGN §4):
 2. the same condition (normalized, or condition cosine >= ``cfg.supersede_cosine``):
    - the same action (normalized, or a paraphrase: action cosine >= ``ACTION_SAME_COSINE``
      with the same polarity and numbers) -> merge;
-   - otherwise the new card supersedes the old one (preference drift): the old card is kept
-     with ``superseded_by`` set, so the history stays auditable. An optional ``conflicts``
-     predicate can keep both when the two actions complement each other;
+   - actions that conflict (the ``conflicts`` check: "short answers" then "actually, long
+     detailed answers") -> the new card supersedes the old one (preference drift): the old
+     card is kept with ``superseded_by`` set, so the history stays auditable;
+   - actions that do not conflict ("numbered steps" and "short answers") -> both kept: the
+     same condition is not a conflict;
 3. a near-identical note (cosine >= ``cfg.dedup_cosine``, same polarity and numbers) under a
    differently worded condition -> merge;
 4. otherwise a new card. Cards with different conditions and conflicting actions are both
@@ -33,6 +35,7 @@ import msgspec
 import numpy as np
 
 from vars_core.config import MemoryConfig
+from vars_core.conflicts import ConflictCheck, table_conflict
 from vars_core.notes import format_note, normalize, text_hash
 from vars_core.store import Op, PartitionError, UserScope
 from vars_core.types import Card, CardEmbedding, ExtractedPreference
@@ -67,6 +70,8 @@ class MergePlan(msgspec.Struct, frozen=True):
     merged: list[str]
     superseded: list[str]
     evicted: list[str]
+    # Per extracted preference, the card it became or merged into ("" when it was dropped).
+    cards: list[str] = []
 
     @property
     def changed(self) -> bool:
@@ -110,17 +115,18 @@ def plan_merge(
     projection_version: str,
     cfg: MemoryConfig,
     created_at: str,
-    conflicts: Callable[[str, str], bool] | None = None,
+    conflicts: ConflictCheck | None = None,
 ) -> MergePlan:
     """The card writes that merge ``extracted`` into the user's active cards.
 
     ``conflicts(old_action, new_action)`` decides whether two different actions under one
-    condition conflict (the new card supersedes) or complement each other (both kept).
-    None means they always conflict, DESIGN §4's rule. Embeddings cannot tell the two cases
-    apart ("show every derivation step" vs "write the math in latex": 0.15, a complement;
-    vs "skip the working and state only the result": 0.24, a conflict), so a finer
-    decision needs a judge that reads the actions.
+    condition conflict (the new card supersedes) or can both be followed (both kept); None
+    means the generic table (``vars_core.conflicts``). Embeddings cannot tell the two cases
+    apart ("show every derivation step" vs "write the math in latex": 0.15, compatible;
+    vs "skip the working and state only the result": 0.24, a conflict), so the decision
+    reads the actions.
     """
+    conflicts = conflicts or table_conflict
     for card in existing.values():
         if card.user_id != user_id:
             raise PartitionError(f"card {card.card_id!r} is not a card of user {user_id!r}")
@@ -132,10 +138,12 @@ def plan_merge(
     merged: list[str] = []
     superseded: list[str] = []
     touched: list[str] = []  # added or merged by this batch, protected from eviction first
+    cards: list[str] = []
 
     for pref in extracted:
         new = make_card(user_id, pref, created_at)
         if not new.condition or not new.action:
+            cards.append("")
             continue
         target = _find_merge_target(new, active, vectors, cfg)
         if target is not None:
@@ -146,9 +154,10 @@ def plan_merge(
                 )
             merged.append(target)
             touched.append(target)
+            cards.append(target)
             continue
         for cid in _same_condition(new, active, vectors, cfg):
-            if conflicts is not None and not conflicts(active[cid].action, new.action):
+            if not conflicts(active[cid].action, new.action):
                 continue
             dirty[cid] = msgspec.structs.replace(active.pop(cid), superseded_by=new.card_id)
             superseded.append(cid)
@@ -156,6 +165,7 @@ def plan_merge(
         new_embs[new.card_id] = _card_embedding(new, vectors, project, projection_version)
         added.append(new.card_id)
         touched.append(new.card_id)
+        cards.append(new.card_id)
 
     evicted = _over_cap(active, touched, cfg.max_cards)
     for cid in evicted:
@@ -168,6 +178,7 @@ def plan_merge(
         merged=list(dict.fromkeys(merged)),
         superseded=superseded,
         evicted=evicted,
+        cards=cards,
     )
 
 

@@ -24,13 +24,6 @@ def parse_notes(text: str) -> list[tuple[str, str]]:
     return [(c.strip(), a.strip()) for c, a in _NOTE.findall(text)]
 
 
-def restated_notes(message: str, notes: list[str]) -> list[int]:
-    """Indices of ``notes`` that ``message`` states again in note form ("... when X, Y.").
-    Exact up to case and punctuation: a paraphrase is not matched."""
-    said = {normalize(format_note(c, a)) for c, a in parse_notes(message)}
-    return [i for i, note in enumerate(notes) if note and normalize(note) in said]
-
-
 def normalize(text: str) -> str:
     """Case-, punctuation- and whitespace-insensitive form used for exact dedup."""
     return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())

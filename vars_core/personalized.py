@@ -34,7 +34,7 @@ from vars_core.stages.lifecycle import end_session
 from vars_core.store import MemoryBackend, StateStore
 from vars_core.store.backend import Op
 from vars_core.store.state import decode, encode
-from vars_core.tenant import tenant_key, tenant_mean_ops, tenant_of
+from vars_core.tenant import tenant_mean_ops
 from vars_core.types import (
     AgentReply,
     Card,
@@ -197,6 +197,7 @@ class PersonalizedLLM:
             label = "pos_praise" if feedback.reward > 0 else "neg_correction" if feedback.reward < 0 else "neutral"
             judge = JudgeResult(label, feedback.confidence, feedback.reward, True, feedback.confidence)
         cfg = self.engine.config
+        ctx = self._ctx(session_id, turn)
         outcome: list[UpdateResult] = []
 
         def build() -> list[Op]:
@@ -205,13 +206,10 @@ class PersonalizedLLM:
             outcome.append(result)
             ops = [self.store.stage_output_op(session_id, turn, "feedback", result)]
             if result.applied:
-                ops.append(user.put_vector_op(new_vector))
-                if cfg.cold_start == "tenant_mean":
-                    ops += tenant_mean_ops(self.store, user.user_id, vector, new_vector)
+                ops += ctx.vector_ops(vector, new_vector)
             return ops
 
-        watch = [user.vector_key, tenant_key(self.store, tenant_of(user.user_id))]
-        if not self.store.transact_stage(session_id, turn, "feedback", watch, build):
+        if not self.store.transact_stage(session_id, turn, "feedback", ctx.vector_watch(), build):
             return UpdateResult(applied=False, reason=f"feedback for turn {turn} was already applied")
         return outcome[-1]
 
@@ -242,6 +240,14 @@ class PersonalizedLLM:
             return ops, None
 
         self.store.backend.transact([user.vector_key, user.version_key], build)
+
+    # memory -------------------------------------------------------------------------
+    def memory(self, user_id: str, include_superseded: bool = False) -> list[Card]:
+        """The user's cards, oldest first: the active ones, or with ``include_superseded``
+        also those a later preference replaced (``superseded_by`` names the replacing card)
+        or the cap evicted."""
+        cards = self.store.user(user_id).cards(include_superseded=include_superseded)
+        return sorted(cards.values(), key=lambda c: (c.created_at, c.card_id))
 
     # persistence ----------------------------------------------------------------
     def save_user(self, user_id: str) -> bytes:
