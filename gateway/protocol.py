@@ -152,13 +152,19 @@ class FeedbackResult(msgspec.Struct, frozen=True):
 
 
 class MemoryCard(msgspec.Struct, frozen=True):
+    """One card. ``status``: "active", "superseded" (a later conflicting preference replaced
+    it: ``superseded_by`` is that card's id and ``superseded_by_note`` its note) or
+    "evicted" (the per-user cap set it aside)."""
+
     id: str
     note: str
     condition: str
     action: str
     created_at: str
     confidence: float
+    status: str = "active"
     superseded_by: str | None = None
+    superseded_by_note: str | None = None
 
 
 class MemoryList(msgspec.Struct, frozen=True):

@@ -1,109 +1,178 @@
-"""Where conflict probes are won and lost: rag against rag_vector, probe by probe.
+"""Where conflict probes are won and lost, and what a perfect user vector could win.
 
 For every conflict probe in the last three sessions of each lane (the learning campaign's
-world: 20 generated profiles x 10 sessions, seeds 1-3), it reads the first turn's retrieval
-trace and sorts the probe by what the agent could have followed:
+world on the tuning seeds), it reads the first turn's retrieval trace and sorts the
+probe's winner card by where it stood when the agent answered:
 
-- ``W``/``L``: the winner's / loser's card was among the candidates (it was in memory);
-- ``w``/``l``: it was in the list of k cards put in the prompt; ``w<l``: both, winner first.
+- ranked into the list, or put in the prompt as a global card (bypass);
+- in memory, accepted by the reranker (P(yes) >= 0.5) but ranked below the k listed cards
+  (a learned term can lift it);
+- in memory but rejected by the reranker (no learned term reaches it, by design);
+- not in memory (the user never restated it in a context where it was violated).
 
-Then it prints the late first-reply conflict accuracy. Settings are the engine's
-(``--tau``, ``--eta-long``, ``--eta-short``, ``--restate-credit``), so a sweep is a loop
-in the shell. The figures it gave are in docs/results.md.
+Then the ceiling: rag served with an oracle learned term that gives each user's conflict
+winners (the sides its profile marks as winning) the full cap +c where the reranker accepts
+them and 0 elsewhere, i.e. rag_vector with a perfect z under the bounded term. The oracle
+reads the hidden profile, which no method may; it is a counterfactual for this report only.
 
-    python -m perf.conflict_diagnosis --method rag
-    python -m perf.conflict_diagnosis --method rag_vector --tau 0.05 --eta-long 0 --eta-short 0
+    python -m perf.conflict_diagnosis                 # rag, rag_vector and the oracle
+    python -m perf.conflict_diagnosis --set policy.kappa=3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
-from vars_core.config import EngineConfig, PolicyConfig, ReinforceConfig
+import numpy as np
+
+from perf import markdown
+from scheduler.spec import apply_override
+from vars_core import retrieval
+from vars_core.config import EngineConfig, load_config
 from vars_core.engine import Engine
 from vars_core.notes import format_note, normalize
+from vars_core.policy import ACCEPT_LOG_P, learned_cap
 from vars_core.problems import load_problems
-from vars_core.runner import lane_user_id, run_lane, session_id_for
+from vars_core.runner import lane_user_id, run_lane
 from vars_core.scripted.context import context_of
-from vars_core.scripted.profiles import generate_profiles, triggered_conflicts
+from vars_core.scripted.profiles import TIE_BREAK, generate_profiles, triggered_conflicts
 from vars_core.store import StateStore
 from vars_core.store.state import decode
-from vars_core.types import RetrievalTrace
+from vars_core.types import Profile, RetrievalTrace
 
 DATASETS = ["math-500", "logiqa", "mmlu", "medqa", "code"]
+START, END = "<!-- conflict-diagnosis:start -->", "<!-- conflict-diagnosis:end -->"
+PLACES = ("ranked in the list", "global card in the prompt", "in memory, accepted, ranked below k",
+          "in memory, rejected by the reranker", "not in memory")
 
 
-def probe_kind(candidates: list[str], chosen: list[str], winner: str, loser: str) -> tuple[str, str]:
-    """(what was in memory, what was in the prompt) for one conflict of one probe."""
-    memory = ("W" if winner in candidates else "-") + ("L" if loser in candidates else "-")
-    if winner in chosen and loser in chosen:
-        return memory, "w<l" if chosen.index(winner) < chosen.index(loser) else "l<w"
-    return memory, ("w" if winner in chosen else "") + ("l" if loser in chosen else "")
+def winner_place(trace: RetrievalTrace, notes: dict[str, str], winner: str) -> str:
+    by_note = {notes.get(cid, ""): i for i, cid in enumerate(trace.candidate_ids)}
+    if winner in {notes.get(cid, "") for cid in trace.bypassed}:
+        return PLACES[1]
+    if winner not in by_note:
+        return PLACES[4]
+    i = by_note[winner]
+    if i in trace.chosen:
+        return PLACES[0]
+    return PLACES[2] if trace.base_scores[i] >= ACCEPT_LOG_P else PLACES[3]
 
 
-def diagnose(method: str, config: EngineConfig, seeds: list[int], profiles: int, sessions: int) -> tuple[Counter, int, int]:
-    kinds: Counter = Counter()
+@contextlib.contextmanager
+def oracle_winners(winners: dict[str, set[str]]) -> Iterator[None]:
+    """Serve rag with +c on each user's accepted winner cards (a perf-only counterfactual)."""
+    select, retrieve = retrieval.select, retrieval.retrieve
+    current: dict[str, str] = {}
+
+    def boosted(user_id, ids, log_p, items, vector, cfg, rng, learning, pv):
+        log_p = np.asarray(log_p, dtype=np.float64)
+        s = log_p + learned_cap(log_p, cfg) * np.array(
+            [normalize(current.get(c, "")) in winners.get(user_id, ()) and lp >= ACCEPT_LOG_P
+             for c, lp in zip(ids, log_p, strict=True)]
+        )
+        return select(user_id, ids, s, items, None, cfg, rng, False, pv)
+
+    def reading(user_id, query_embedding, index, *args, **kwargs):
+        current.clear()
+        current.update(zip(index.card_ids, index.notes or []))
+        return retrieve(user_id, query_embedding, index, *args, **kwargs)
+
+    import vars_core.stages.retrieve as stage
+
+    retrieval.select, stage.retrieve = boosted, reading
+    try:
+        yield
+    finally:
+        retrieval.select, stage.retrieve = select, retrieve
+
+
+def winners_of(campaign: str, people: list[Profile]) -> dict[str, set[str]]:
+    return {
+        lane_user_id(campaign, "rag", p.profile_id): {
+            normalize(format_note(q.condition, q.action)) for q in p.preferences if TIE_BREAK in q.priority_context
+        }
+        for p in people
+    }
+
+
+def diagnose(label: str, method: str, config: EngineConfig, seeds: list[int], profiles: int,
+             sessions: int, oracle: bool = False) -> tuple[str, Counter, int, int]:
+    places: Counter = Counter()
     correct = probes = 0
     for seed in seeds:
         problems = load_problems(DATASETS)
+        people = generate_profiles(profiles, seed)
         engine, store, campaign = Engine(config=config), StateStore(), f"diag-s{seed}"
-        for person in generate_profiles(profiles, seed):
-            records = run_lane(engine, store, campaign, person, method, sessions, problems, seed, 8)
-            user_id = lane_user_id(campaign, method, person.profile_id)
-            user = store.user(user_id)
-            notes = {c.card_id: normalize(c.note) for c in user.cards(include_superseded=True).values()}
+        guard = oracle_winners(winners_of(campaign, people)) if oracle else contextlib.nullcontext()
+        with guard:
+            lanes = [(p, run_lane(engine, store, campaign, p, method, sessions, problems, seed, 8)) for p in people]
+        for person, records in lanes:
+            user = store.user(lane_user_id(campaign, method, person.profile_id))
+            notes = {c.card_id: normalize(c.note) for c in user.cards().values()}
             for record in records:
-                if record.session_index < sessions - 2 or not record.conflict_probes:
+                if record.session_index <= sessions - 3 or not record.conflict_probes:
                     continue
                 correct += record.conflict_correct
                 probes += record.conflict_probes
-                session_id = session_id_for(user_id, record.session_index)
-                raw = store.backend.get(user.trace_key(session_id, 1))
-                trace = decode(raw, RetrievalTrace) if raw else None
-                candidates = [notes.get(c, "") for c in trace.candidate_ids] if trace else []
-                chosen = [candidates[i] for i in trace.chosen] if trace else []
-                opening = store.session(session_id).opening
-                for winner, loser in triggered_conflicts(person, context_of(opening)):
-                    kinds[probe_kind(
-                        candidates, chosen,
-                        normalize(format_note(winner.condition, winner.action)),
-                        normalize(format_note(loser.condition, loser.action)),
-                    )] += 1
-    return kinds, correct, probes
+                trace = decode(store.backend.get(user.trace_key(record.session_id, 1)), RetrievalTrace)
+                opening = store.session(record.session_id).opening
+                for winner, _ in triggered_conflicts(person, context_of(opening)):
+                    places[winner_place(trace, notes, normalize(format_note(winner.condition, winner.action)))] += 1
+    return label, places, correct, probes
+
+
+def render(rows: list[tuple[str, Counter, int, int]], seeds: list[int], profiles: int, seconds: float) -> str:
+    lines = [
+        START,
+        "## Where conflict probes are won and lost",
+        "",
+        f"Late conflict probes (the last three sessions) of {profiles} profiles x seeds "
+        f"{', '.join(map(str, seeds))} (tuning seeds), default settings; for each, where the winner's card stood "
+        "when the agent wrote its first reply. The oracle row serves rag with a perfect learned term "
+        "under the bounded form (+c on each user's accepted winner cards, 0 elsewhere): the most a user "
+        f"vector could add here. {seconds / 60:.0f} min. `python -m perf.conflict_diagnosis`.",
+        "",
+        "| method | late probes | conflict accuracy | " + " | ".join(PLACES) + " |",
+        "|---|---:|---:|" + "---:|" * len(PLACES),
+    ]
+    for label, places, correct, probes in rows:
+        total = sum(places.values()) or 1
+        cells = [f"{places[p]} ({places[p] / total:.0%})" for p in PLACES]
+        lines.append(f"| {label} | {probes} | {correct / max(probes, 1):.3f} | " + " | ".join(cells) + " |")
+    lines.append(END)
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="rag_vector")
-    parser.add_argument("--tau", type=float, default=1.0)
-    parser.add_argument("--eta-long", type=float, default=0.001)
-    parser.add_argument("--eta-short", type=float, default=0.002)
-    parser.add_argument("--restate-credit", type=float, default=0.0)
     parser.add_argument("--profiles", type=int, default=20)
     parser.add_argument("--sessions", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
+    parser.add_argument("--set", action="append", default=[], help="engine override, e.g. policy.kappa=3")
+    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
     args = parser.parse_args(argv)
-
     import torch
 
     torch.set_num_threads(1)
-    config = EngineConfig(
-        policy=PolicyConfig(tau=args.tau),
-        reinforce=ReinforceConfig(
-            eta_long=args.eta_long, eta_short=args.eta_short, restate_credit=args.restate_credit
-        ),
-    )
+    overrides: dict = {}
+    for item in args.set:
+        apply_override(overrides, item)
+    config = load_config(overrides)
     start = time.monotonic()
-    kinds, correct, probes = diagnose(args.method, config, args.seeds, args.profiles, args.sessions)
-    print(
-        f"{args.method} tau={args.tau:g} eta={args.eta_long:g}/{args.eta_short:g} "
-        f"credit={args.restate_credit:g}: late conflict accuracy {correct}/{probes} = "
-        f"{correct / max(probes, 1):.3f} ({time.monotonic() - start:.0f} s)"
-    )
-    for (memory, prompt), count in sorted(kinds.items()):
-        print(f"  in memory {memory}  in prompt {prompt or '-':4s} {count}")
+    common = (config, args.seeds, args.profiles, args.sessions)
+    rows = [
+        diagnose("rag", "rag", *common),
+        diagnose("rag_vector", "rag_vector", *common),
+        diagnose("oracle (rag + perfect learned term)", "rag", *common, oracle=True),
+    ]
+    section = render(rows, args.seeds, args.profiles, time.monotonic() - start)
+    markdown.write_section(args.out, section, START, END)
+    print(section, end="")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from vars_core.projection import (
     save_projection,
 )
 from vars_core.rerankers import (
+    MIN_LOG_P,
     CrossEncoderReranker,
     HTTPReranker,
     NoReranker,
@@ -215,7 +216,7 @@ def test_embedder_registry_names_what_it_knows(bert_dir):
 # --------------------------------------------------------------------------- rerankers
 
 
-def test_yes_no_reranker_is_p_yes_of_a_softmax_over_two_logits(llama_dir):
+def test_yes_no_reranker_is_log_p_yes_of_a_softmax_over_two_logits(llama_dir):
     docs = ["the cat sat on the mat", "code", "a dog ran fast on the red rug yes", "math step"]
     rr = YesNoReranker(llama_dir, batch_size=3)  # batches of unequal lengths: left padding
     got = rr.score("the cat", docs)
@@ -226,8 +227,9 @@ def test_yes_no_reranker_is_p_yes_of_a_softmax_over_two_logits(llama_dir):
         with torch.inference_mode():
             logits = model(input_ids=ids).logits[0, -1]
         yes, no = float(logits[rr.yes_id]), float(logits[rr.no_id])
-        assert p == pytest.approx(np.exp(yes) / (np.exp(yes) + np.exp(no)), abs=1e-5)
-    assert got.shape == (4,) and ((got >= 0) & (got <= 1)).all()
+        # normalized over the (no, yes) pair, not over the vocabulary
+        assert p == pytest.approx(yes - np.logaddexp(yes, no), abs=1e-5)
+    assert got.shape == (4,) and ((got >= MIN_LOG_P) & (got <= 0)).all()
     assert rr.score("q", []).shape == (0,)
 
 
@@ -249,7 +251,7 @@ def test_cross_encoder_scores(tmp_path, labels):
     for doc, p in zip(docs, got, strict=True):
         with torch.inference_mode():
             logits = model(**tok("the cat", doc, return_tensors="pt")).logits[0].double()
-        want = torch.sigmoid(logits[0]) if labels == 1 else torch.softmax(logits, 0)[1]
+        want = torch.nn.functional.logsigmoid(logits[0]) if labels == 1 else torch.log_softmax(logits, 0)[1]
         assert p == pytest.approx(float(want), abs=1e-5)
 
 
@@ -283,12 +285,12 @@ def test_retrieve_takes_a_text_reranker_with_the_query_and_notes():
         for c, v in zip(ids, vecs, strict=True)
     }
     index = UserIndex({c: vecs[i] for i, c in enumerate(ids)})
-    fixed = _Fixed({notes["c0"]: 0.1, notes["c1"]: 0.9, notes["c2"]: 0.5})
+    fixed = _Fixed({notes["c0"]: -2.3, notes["c1"]: -0.1, notes["c2"]: -0.7})
     args = (emb, None, PolicyConfig(list_size=2), np.random.default_rng(0), False, "p")
     trace = retrieve("u", vecs[0], index, *args, rerank=fixed, query="q?", notes=notes)
     assert fixed.calls[0][0] == "q?"
     assert dict(zip(trace.candidate_ids, trace.base_scores, strict=True)) == pytest.approx(
-        {"c0": 0.1, "c1": 0.9, "c2": 0.5}
+        {"c0": -2.3, "c1": -0.1, "c2": -0.7}
     )
     assert [trace.candidate_ids[i] for i in trace.chosen] == ["c1", "c2"]
     plain = retrieve("u", vecs[0], index, *args)
@@ -296,8 +298,8 @@ def test_retrieve_takes_a_text_reranker_with_the_query_and_notes():
     assert plain.base_scores == none.base_scores
     with pytest.raises(ValueError, match="notes"):
         retrieve("u", vecs[0], index, *args, rerank=fixed, query="q?")
-    bad = _Fixed({n: 1.5 for n in notes.values()})
-    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+    bad = _Fixed({n: 0.5 for n in notes.values()})  # a probability, not its log
+    with pytest.raises(ValueError, match=r"outside \[log\(1e-6\), 0\]"):
         retrieve("u", vecs[0], index, *args, rerank=bad, query="q?", notes=notes)
 
 
@@ -411,7 +413,7 @@ def test_http_reranker_rerank_and_score_endpoints(server):
     docs = ["aaaa", "b", "cc"]
     rerank = make_reranker("http", base_url=server, model="r", device="cpu", path="")
     assert isinstance(rerank, HTTPReranker)
-    np.testing.assert_allclose(rerank.score("q", docs), [1 / 5, 1 / 2, 1 / 3])
+    np.testing.assert_allclose(rerank.score("q", docs), np.log([1 / 5, 1 / 2, 1 / 3]))
     assert _Handler.requests[-1]["body"] == {
         "model": "r",
         "query": "q",
@@ -419,14 +421,14 @@ def test_http_reranker_rerank_and_score_endpoints(server):
         "top_n": 3,
     }
     score = HTTPReranker(server + "/v1", "r", endpoint="score")
-    np.testing.assert_allclose(score.score("q", docs), [0.04, 0.01, 0.02])
+    np.testing.assert_allclose(score.score("q", docs), np.log([0.04, 0.01, 0.02]))
     assert _Handler.requests[-1]["path"] == "/v1/score"
     assert _Handler.requests[-1]["body"] == {"model": "r", "text_1": "q", "text_2": docs}
     logits = HTTPReranker(server + "/logits", "r", endpoint="score")
     with pytest.raises(ModelServerError, match="sigmoid=True"):
         logits.score("q", ["x" * 80])
     sig = HTTPReranker(server + "/logits", "r", endpoint="score", sigmoid=True)
-    assert sig.score("q", ["x" * 80])[0] == pytest.approx(1 / (1 + np.exp(-1.6)))
+    assert sig.score("q", ["x" * 80])[0] == pytest.approx(-np.log1p(np.exp(-1.6)))
     with pytest.raises(ModelServerError, match="not JSON"):
         HTTPReranker(server + "/junk", "r", retries=0).score("q", docs)
     with pytest.raises(TypeError, match="bogus"):

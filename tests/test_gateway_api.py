@@ -49,7 +49,7 @@ def gateway(stack) -> GatewayProcess:
 def keys(pipeline):
     # Rate limits have their own test (test_gateway_limits); these keys must not meet them.
     fast = {"rate_per_s": 1000.0, "burst": 1000}
-    shared, _ = make_key(pipeline, ["alice", "bob", "dave", "erin", "frank"], **fast)
+    shared, _ = make_key(pipeline, ["alice", "bob", "dave", "erin", "frank", "gina"], **fast)
     other, _ = make_key(pipeline, ["carol"], **fast)
     return shared, other
 
@@ -254,6 +254,26 @@ def test_deleting_memory_removes_cards_vectors_and_traces(pipeline, gateway, key
     assert user.cards(include_superseded=True) == {} and user.embeddings() == {}
     assert user.stored_vector() is None and user.trace_keys() == []
     assert notes(ask(c, "frank", "How do I name a helper in python code?")) == []
+
+
+def test_memory_keeps_compatible_preferences_and_shows_what_a_change_of_mind_replaced(gateway, keys):
+    c = client(gateway, keys[0])
+    auth = {"Authorization": f"Bearer {keys[0]}"}
+    for text in ("Please always answer with numbered steps.", "I prefer short answers.", "What is 2 + 2?"):
+        ask(c, "gina", text, session="mind")
+    active = httpx.get(f"{gateway.base_url}/users/gina/memory", headers=auth).json()["data"]
+    assert sorted(card["action"] for card in active) == ["answer with numbered steps", "prefer short answers"]
+    ask(c, "gina", "Actually, give me long detailed answers.", session="mind")
+    active = httpx.get(f"{gateway.base_url}/users/gina/memory", headers=auth).json()["data"]
+    assert sorted(card["action"] for card in active) == ["answer with numbered steps", "give me long detailed answers"]
+    assert {card["status"] for card in active} == {"active"}
+    every = httpx.get(f"{gateway.base_url}/users/gina/memory?include=superseded", headers=auth).json()["data"]
+    (old,) = [card for card in every if card["status"] == "superseded"]
+    new = next(card for card in every if card["action"] == "give me long detailed answers")
+    assert old["action"] == "prefer short answers"
+    assert old["superseded_by"] == new["id"] and old["superseded_by_note"] == new["note"]
+    bad = httpx.get(f"{gateway.base_url}/users/gina/memory?include=everything", headers=auth)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "include"
 
 
 def test_a_stateless_clients_history_seeds_a_new_session(pipeline, gateway, keys):

@@ -351,3 +351,47 @@ def test_nothing_changed_means_no_ops(store, embedder, projection):
     plan = plan_for("alice", scope.cards(), weaker, embedder, projection, emb=scope.embeddings())
     assert plan.merged and merge_ops(scope, plan) == []
     assert format_note(MATH, "show every derivation step") == STEPS
+
+
+# --------------------------------------------------------------------------- conflicts
+
+
+def _said(scope, text, embedder, projection, stamp):
+    from vars_core.extractor import rule_extract
+    from vars_core.types import Message
+
+    return merge(scope, rule_extract([Message("user", text)]), embedder, projection, stamp=stamp)
+
+
+def test_compatible_preferences_under_one_condition_are_both_kept(store, embedder, projection):
+    scope = store.user("alice")
+    _said(scope, "Please always answer with numbered steps", embedder, projection, "000001.0001")
+    plan = _said(scope, "I prefer short answers", embedder, projection, "000001.0002")
+    assert plan.superseded == [] and len(plan.added) == 1
+    actions = sorted(c.action for c in scope.cards().values())
+    assert actions == ["answer with numbered steps", "prefer short answers"]
+    assert {c.condition for c in scope.cards().values()} == {"answering any request"}
+
+
+def test_a_change_of_mind_supersedes_and_the_old_card_stays_visible(store, embedder, projection):
+    scope = store.user("alice")
+    (steps,) = _said(scope, "Please always answer with numbered steps", embedder, projection, "000001.0001").added
+    (short,) = _said(scope, "I prefer short answers", embedder, projection, "000001.0002").added
+    plan = _said(scope, "actually, give me long detailed answers", embedder, projection, "000002.0001")
+    (long_,) = plan.added
+    assert plan.superseded == [short]  # the length changed; the numbered steps did not
+    assert sorted(scope.cards()) == sorted([steps, long_])
+    every = scope.cards(include_superseded=True)
+    assert every[short].superseded_by == long_ and every[short].action == "prefer short answers"
+
+
+def test_the_plan_says_which_card_each_preference_became(embedder, projection):
+    old = make_card("alice", pref(MATH, "show every derivation step"), "1")
+    plan = plan_for(
+        "alice",
+        {old.card_id: old},
+        [pref(MATH, "show all the derivation steps"), pref(MATH, ""), pref("writing python code", "use snake_case names")],
+        embedder,
+        projection,
+    )
+    assert plan.cards == [old.card_id, "", plan.added[0]]

@@ -16,7 +16,7 @@ from vars_core.retrieval import (
     IndexCache,
     UserIndex,
     active_note_embeddings,
-    base_scores,
+    cosine_log_p,
     dense_candidates,
     retrieve,
 )
@@ -132,9 +132,10 @@ def test_superseded_cards_are_not_indexed(store):
     assert "fmt-bullets" not in active_note_embeddings(cards, emb)
 
 
-def test_base_scores_map_cosine_to_unit_interval():
+def test_without_a_reranker_s0_is_the_log_of_the_mapped_cosine():
     np.testing.assert_allclose(
-        base_scores(np.array([-1.0, 0.0, 0.5, 1.0000001])), [0.0, 0.5, 0.75, 1.0]
+        cosine_log_p(np.array([-1.0, 0.0, 0.5, 1.0000001])),
+        [np.log(1e-6), np.log(0.5), np.log(0.75), 0.0],
     )
 
 
@@ -153,13 +154,13 @@ def test_retrieve_uses_the_stored_item_vectors(store):
     cfg = PolicyConfig(top_k_dense=6, list_size=3)
     vec = UserVector([0.01] * 256, [0.0] * 256, projection_version=proj.version)
     trace = retrieve("u1", q, index, fake, vec, cfg, np.random.default_rng(1), True, proj.version)
-    assert len(trace.candidate_ids) == 6 and trace.sampled and len(trace.chosen) == 3
+    assert len(trace.candidate_ids) == 6 and not trace.sampled and len(trace.chosen) == 3
     for cid, item in zip(trace.candidate_ids, trace.item_vectors, strict=True):
         want = [0.0] * 256 if cid == "sql-plan" else fake[cid].item  # other projection: zero
         np.testing.assert_allclose(item, want)
     ids, cos = dense_candidates(index, q, 6)
     assert trace.candidate_ids == ids
-    np.testing.assert_allclose(trace.base_scores, (1 + cos) / 2, atol=1e-6)
+    np.testing.assert_allclose(trace.base_scores, np.log((1 + cos) / 2), atol=1e-6)
 
 
 def test_retrieve_greedy_without_learning(store):
@@ -179,6 +180,55 @@ def test_retrieve_greedy_without_learning(store):
     )
     assert not trace.sampled and trace.chosen == [0, 1]
     assert trace.candidate_ids[0] == "math-steps"
+
+
+def test_global_cards_bypass_ranking_and_follow_the_ranked_ones(store):
+    cards, emb, proj = store
+    general = {
+        "g-short": ("answering any question", "keep it short"),
+        "g-tone": ("replying to me in general", "keep the tone friendly"),
+        "g-always": ("you always answer", "cite a source"),
+        "not-global": ("giving a general knowledge answer", "add one line of background"),
+    }
+    embedder = default_embedder()
+    extra_cards, extra_emb = dict(cards), dict(emb)
+    for i, (cid, (cond, act)) in enumerate(general.items()):
+        note = format_note(cond, act)
+        n, c = embedder.embed([note, cond])
+        extra_cards[cid] = Card(cid, "u1", cond, act, note=note, created_at=f"{i}")
+        extra_emb[cid] = CardEmbedding(n.tolist(), c.tolist(), proj.project(n).tolist(), proj.version)
+    index = UserIndex.from_cards(extra_cards, extra_emb, "condition")
+    q = embedder.embed(["Write a Python function that reverses a linked list."])[0]
+    cfg = PolicyConfig(list_size=3, max_global=2)
+    trace = retrieve("u1", q, index, None, None, cfg, np.random.default_rng(0), False, proj.version)
+    # the two newest global cards skip ranking; the third competes like any other card
+    assert trace.bypassed == ["g-always", "g-tone"]
+    assert not set(trace.bypassed) & set(trace.candidate_ids)
+    assert "g-short" in trace.candidate_ids and "not-global" in trace.candidate_ids
+    assert len(trace.chosen) == 3
+    off = retrieve("u1", q, index, None, None, PolicyConfig(list_size=3, global_bypass=False),
+                   np.random.default_rng(0), False, proj.version)
+    assert off.bypassed == [] and len(off.candidate_ids) == len(extra_cards)
+
+
+@pytest.mark.parametrize(
+    ("condition", "is_global_"),
+    [
+        ("answering any request", True),
+        ("answering any question", True),
+        ("you always answer", True),
+        ("writing every reply", True),
+        ("replying to me in general", True),
+        ("answering a general knowledge question", False),
+        ("answering anything about python", False),
+        ("writing any python code", False),
+        ("solving a math problem", False),
+    ],
+)
+def test_the_global_classifier_reads_whole_phrases(condition, is_global_):
+    from vars_core.global_prefs import is_global
+
+    assert is_global(condition) is is_global_
 
 
 # --------------------------------------------------------------------------- cache

@@ -84,13 +84,16 @@ def test_all_memory_puts_every_card_in_the_prompt(world):
     assert before and set(first_turn_notes) == before
 
 
-def test_rag_retrieves_at_most_k_cards_and_learns_nothing(world):
+def test_rag_retrieves_at_most_k_ranked_cards_plus_the_global_ones_and_learns_nothing(world):
     engine, store, profile, lanes = world
     user = store.user(lane_user_id("rt", "rag", profile.profile_id))
     notes = {c.note for c in user.cards().values()}
+    policy = engine.config.policy
     for record in lanes["rag"][1:]:
-        for gen in _generated(store, record.session_id):
-            assert len(gen.notes) <= engine.config.policy.list_size
+        for turn, gen in enumerate(_generated(store, record.session_id), start=1):
+            trace = decode(store.backend.get(user.trace_key(record.session_id, turn)), RetrievalTrace)
+            assert len(trace.chosen) <= policy.list_size and len(trace.bypassed) <= policy.max_global
+            assert len(gen.notes) == len(trace.chosen) + len(trace.bypassed)
             assert set(gen.notes) <= notes
     assert not store.backend.exists(user.vector_key)
 
@@ -104,10 +107,12 @@ def test_rag_vector_gets_the_preferences_and_learns(world):
     assert vector.updates > 0
     assert np.linalg.norm(vector.z_long) > 0
     assert sum(r.updates_applied for r in lanes["rag_vector"]) == vector.updates
-    # Its traces are Plackett-Luce samples (learning on), with pi over the candidates.
+    # Its lists are served greedy (epsilon 0) and still learned from, with pi over the
+    # candidates and the learned term's slope recorded for the update.
     record = lanes["rag_vector"][-1]
     trace = decode(store.backend.get(user.trace_key(record.session_id, 1)), RetrievalTrace)
-    assert trace.sampled and abs(sum(trace.probs) - 1) < 1e-5
+    assert not trace.sampled and abs(sum(trace.probs) - 1) < 1e-5
+    assert len(trace.slopes) == len(trace.candidate_ids) and any(trace.slopes)
 
 
 def test_a_session_reset_zeroes_z_short_but_keeps_z_long(world):

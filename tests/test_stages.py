@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from vars_core.config import load_config
 from vars_core.engine import Engine
 from vars_core.problems import load_problems
 from vars_core.runner import new_session, register_profile
@@ -17,7 +18,9 @@ from vars_core.types import ExtractResult, RetrievalTrace, RetrieveResult
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine()
+    # The dense path alone (no reranker): these tests are about the cosine match of a
+    # stated preference to a later query.
+    return Engine(load_config({"reranker": {"kind": "none"}}))
 
 
 def _session(store, engine, index: int, opening: str, method: str = "rag"):

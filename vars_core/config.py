@@ -28,6 +28,11 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Share of learning turns whose list is sampled (Plackett-Luce) instead of the greedy
     # top-k; 0 serves greedy always, as the reference does.
     epsilon: float = 0.0
+    # Which vector a session's lists are ranked with: "turn" = the vector as it is at each
+    # turn (the reference); "session" = the vector as the session started, so what is
+    # learned during a session shapes the next one and the prompt's memory does not
+    # reshuffle mid-conversation. Learning happens every turn either way.
+    refresh: Literal["turn", "session"] = "session"
     # The learned term b(q, m): "bounded" = c * tanh(<z_eff, v_m> / c) on cards the reranker
     # accepts (P(yes) >= 0.5), 0 on the rest, with c = kappa * std(s0 over the top 2k);
     # "linear" = <z_eff, v_m> on every candidate (the reference's form, an ablation).
@@ -49,7 +54,7 @@ class ReinforceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_advantage: float = 1e-6
     # Pairwise conflict credit: when the user restates a preference r that conflicts with
     # a card c of the list they reacted to, z_long moves r above c (0: off).
-    eta_pairwise: float = 0.05
+    eta_pairwise: float = 0.2
 
 
 class LLMConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -109,8 +109,15 @@ def _poles(text: str, dimension: tuple[re.Pattern[str], ...]) -> set[int]:
     return {i for i, pole in enumerate(dimension) if pole.search(text)}
 
 
+_FIGURE = re.compile(r"\d+(?:\.\d+)?")
+
+
 def table_conflict(action_a: str, action_b: str) -> bool:
-    """The generic check: opposite poles of one dimension, or one action negating the other."""
+    """The generic check: opposite poles of one dimension, one action negating the other,
+    or the same words with another figure ("at most 100 words" -> "at most 200 words")."""
+    a_text, b_text = " ".join(action_a.lower().split()), " ".join(action_b.lower().split())
+    if _FIGURE.search(a_text) and a_text != b_text and _FIGURE.sub("#", a_text) == _FIGURE.sub("#", b_text):
+        return True
     for dimension in _DIMENSIONS:
         a, b = _poles(action_a, dimension), _poles(action_b, dimension)
         if len(a) == 1 and len(b) == 1 and a != b:

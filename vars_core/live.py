@@ -69,15 +69,13 @@ def start_live_session(
 
     def build() -> list[Op]:
         ops = [store.put_session_op(state), Op("set", pointer, value=state.session_id.encode())]
-        reset = user.zero_short_ops()
-        if reset:
-            ops += reset
-        elif engine.config.cold_start == "tenant_mean":
+        fresh = None
+        if user.stored_vector() is None and engine.config.cold_start == "tenant_mean":
             agg = tenant_mean(store, tenant_of(user_id))
             if agg.count:
                 z_long = (np.asarray(agg.total) / agg.count).tolist()
-                ops.append(user.put_vector_op(UserVector(z_long=z_long, z_short=[0.0] * dim)))
-        return ops
+                fresh = UserVector(z_long=z_long, z_short=[0.0] * dim)
+        return ops + user.session_start_ops(state.session_id, fresh)
 
     store.transact_stage(state.session_id, START_TURN, "start", [user.vector_key], build)
     return state

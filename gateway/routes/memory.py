@@ -1,6 +1,7 @@
 """A user's memory and sessions:
 
-- GET /v1/users/{user}/memory: the user's cards (``?include_superseded=true`` for all);
+- GET /v1/users/{user}/memory: the user's active cards; ``?include=superseded`` adds the
+  cards a later preference replaced (with what replaced them) and those the cap evicted;
 - DELETE /v1/users/{user}/memory/{card_id}: one card, with its vectors and the traces
   that hold it (and the older versions it superseded);
 - DELETE /v1/users/{user}/memory: everything (``reset_user``: cards, vectors, baseline,
@@ -19,12 +20,14 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import not_found
+from gateway.errors import bad_request, not_found
 from gateway.protocol import MemoryCard, MemoryDeleted, MemoryList, SessionsReset
 from gateway.routes.chat import session_name
 from gateway.sessions import reset_sessions
 from gateway.state import Gateway
+from vars_core.memory import EVICTED
 from vars_core.personalized import PersonalizedLLM
+from vars_core.types import Card
 
 
 def _json(body: object) -> Response:
@@ -40,13 +43,29 @@ async def _user(request: Request) -> tuple[Gateway, str, str]:
 
 async def list_memory(request: Request) -> Response:
     gw, user, user_id = await _user(request)
-    everything = request.query_params.get("include_superseded", "").lower() in ("1", "true", "yes")
-    cards = await asyncio.to_thread(gw.store.user(user_id).cards, everything)
-    data = [
-        MemoryCard(c.card_id, c.note, c.condition, c.action, c.created_at, c.confidence, c.superseded_by)
-        for c in sorted(cards.values(), key=lambda c: (c.created_at, c.card_id))
-    ]
-    return _json(MemoryList(user, data))
+    include = request.query_params.get("include", "")
+    if include not in ("", "superseded"):
+        raise bad_request(f"unknown include {include!r}: the one value is 'superseded'", "include")
+    everything = include == "superseded" or request.query_params.get("include_superseded", "").lower() in ("1", "true", "yes")
+    cards = await asyncio.to_thread(PersonalizedLLM(gw.engine, gw.store).memory, user_id, everything)
+    notes = {c.card_id: c.note for c in cards}
+    return _json(MemoryList(user, [_memory_card(c, notes) for c in cards]))
+
+
+def _memory_card(card: Card, notes: dict[str, str]) -> MemoryCard:
+    replaced = card.superseded_by
+    status = "active" if replaced is None else "evicted" if replaced == EVICTED else "superseded"
+    return MemoryCard(
+        card.card_id,
+        card.note,
+        card.condition,
+        card.action,
+        card.created_at,
+        card.confidence,
+        status=status,
+        superseded_by=replaced,
+        superseded_by_note=notes.get(replaced) if status == "superseded" else None,
+    )
 
 
 async def delete_card(request: Request) -> Response:

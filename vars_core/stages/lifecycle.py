@@ -12,7 +12,7 @@ from vars_core.session_metrics import is_repetition
 from vars_core.stages.context import StageContext, world_key
 from vars_core.store import StateStore
 from vars_core.store.backend import Op
-from vars_core.store.state import encode
+from vars_core.store.state import START_TURN, encode
 from vars_core.tokens import count_tokens
 from vars_core.types import (
     GenerateResult,
@@ -24,8 +24,6 @@ from vars_core.types import (
     SimulatorTurn,
     UpdateResult,
 )
-
-START_TURN = 0
 
 
 def start_session(engine: Engine, store: StateStore, state: SessionState) -> SessionState:
@@ -42,7 +40,7 @@ def start_session(engine: Engine, store: StateStore, state: SessionState) -> Ses
     user = store.user(state.user_id)
 
     def build() -> list[Op]:
-        return [store.put_session_op(state), *user.zero_short_ops()]
+        return [store.put_session_op(state), *user.session_start_ops(state.session_id)]
 
     store.transact_stage(state.session_id, START_TURN, "start", [user.vector_key], build)
     return store.session(state.session_id)

@@ -14,8 +14,8 @@ from vars_core.retrieval import IndexCache, UserIndex, retrieve
 from vars_core.stages.context import StageContext
 from vars_core.store import UserScope
 from vars_core.store.backend import Op
-from vars_core.store.state import encode
-from vars_core.types import RetrieveResult
+from vars_core.store.state import START_TURN, encode
+from vars_core.types import RetrieveResult, UserVector
 
 
 def retrieval_query(opening: str, latest: str) -> str:
@@ -72,6 +72,18 @@ def user_index(cache: IndexCache, user: UserScope, match_on: str) -> UserIndex:
     return cache.get_or_update(user.user_id, user.version(), build)
 
 
+def served_vector(ctx: StageContext, projection_version: str) -> UserVector:
+    """The vector this turn ranks with: the user's current one, or (``refresh = "session"``)
+    the one the session started with; a session started before such copies were kept
+    uses the current one."""
+    cfg = ctx.engine.config
+    if cfg.policy.refresh == "session":
+        start = ctx.store.stage_output(ctx.session.session_id, START_TURN, "vector", UserVector)
+        if start is not None:
+            return start
+    return ctx.user.vector(cfg.projection_dim, projection_version)
+
+
 def handle(ctx: StageContext) -> None:
     engine, user, session = ctx.engine, ctx.user, ctx.session
     cfg = engine.config
@@ -81,7 +93,7 @@ def handle(ctx: StageContext) -> None:
     index = user_index(engine.index_cache, user, cfg.policy.match_on)
     projection_version = engine.projection.version
     # rag: the policy sees no user vector (and so never explores: greedy top-k).
-    vector = user.vector(cfg.projection_dim, projection_version) if ctx.method.uses_vector else None
+    vector = served_vector(ctx, projection_version) if ctx.method.uses_vector else None
     trace = retrieve(
         user.user_id,
         query_vector(engine.embedder, session.opening, latest.message if latest else ""),

@@ -26,6 +26,8 @@ from vars_core.types import (
 
 T = TypeVar("T")
 
+START_TURN = 0  # the turn number of a session's start (and end) records
+
 _ENC = msgspec.msgpack.Encoder()
 _USER_ID = re.compile(r"^[^\s{}]{1,200}$")
 
@@ -302,6 +304,18 @@ class UserScope:
         if vector is None:
             return []
         return [self.put_vector_op(reset_session(vector))]
+
+    def session_start_ops(self, session_id: str, fresh: UserVector | None = None) -> list[Op]:
+        """A new session's vector ops: z_short back to zero (or ``fresh``, a cold-start
+        vector), and a copy of the vector as the session starts, which retrieval serves
+        with all session long when the policy refreshes per session (an empty vector when
+        nothing was learned yet)."""
+        if fresh is None:
+            stored = self.stored_vector()
+            fresh = reset_session(stored) if stored is not None else None
+        ops = [self.put_vector_op(fresh)] if fresh is not None else []
+        served = fresh if fresh is not None else UserVector(z_long=[], z_short=[])
+        return [*ops, self.store.stage_output_op(session_id, START_TURN, "vector", served)]
 
     def _own(self, card: Card) -> Card:
         if card.user_id != self.user_id:
