@@ -79,7 +79,7 @@ def oracle_winners(winners: dict[str, set[str]]) -> Iterator[None]:
 
     def reading(user_id, query_embedding, index, *args, **kwargs):
         current.clear()
-        current.update(zip(index.card_ids, index.notes or []))
+        current.update(zip(index.card_ids, index.notes or [], strict=False))
         return retrieve(user_id, query_embedding, index, *args, **kwargs)
 
     import vars_core.stages.retrieve as stage

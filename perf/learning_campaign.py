@@ -78,6 +78,7 @@ def run_seed(plan: Plan, variant: Variant, seed: int) -> Path:
     if done.exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     problems = load_problems(DATASETS)
     people = generate_profiles(plan.profiles, seed)
     engine = Engine(load_config(variant.overrides))
@@ -91,6 +92,7 @@ def run_seed(plan: Plan, variant: Variant, seed: int) -> Path:
         "methods": variant.methods, "profiles": plan.profiles, "sessions": plan.sessions,
         "max_turns": plan.max_turns, "datasets": DATASETS, "seed": seed,
         "overrides": variant.overrides, "world": world_fingerprint(engine),
+        "wall_s": round(time.monotonic() - started, 1),
     }
     done.write_bytes(msgspec.json.encode({"campaign_id": campaign, "plan": meta}))
     if variant == BASE:  # the reported campaign gets its `vars campaign report`
@@ -175,6 +177,7 @@ def _f(est: Interval, digits: int = 3, sign: bool = False) -> str:
 
 
 def main_section(plan: Plan, records: list[SessionRecord], seeds: list[int], world: dict, seconds: float) -> str:
+    """``seconds``: the campaign's compute time, summed over its seeds (one process each)."""
     s = plan.sessions
     late = set(range(s - LATE + 1, s + 1))
     lines = [
@@ -184,7 +187,7 @@ def main_section(plan: Plan, records: list[SessionRecord], seeds: list[int], wor
         f"(40 preferences each) x {s} sessions x 6 methods, max {plan.max_turns} turns, problems from "
         f"{', '.join(DATASETS)}; reported seeds {', '.join(map(str, seeds))} (tuning used seeds "
         f"{', '.join(map(str, TUNING_SEEDS))} only); default engine settings. {len(records)} sessions in "
-        f"{seconds / 60:.0f} min. Late = sessions {min(late)}-{s}. Every interval is a 95% percentile "
+        f"{seconds / 60:.0f} min of one core. Late = sessions {min(late)}-{s}. Every interval is a 95% percentile "
         f"bootstrap over profiles ({REPS} resamples); differences are paired by profile.",
         "",
         "### Late enforcements per session, against vanilla at the same session index",
@@ -279,8 +282,10 @@ def sweep_variants() -> list[Variant]:
                         "reinforce": {"eta_long": eta_l, "eta_short": eta_s, "eta_pairwise": eta_p},
                     }))
     for epsilon in SWEEP_EPSILON:
-        out.append(Variant(f"tune-eps{epsilon:g}", f"turn | {epsilon:g} | 1 | 0.001 / 0.002 | 0.05", ["rag_vector"],
-                           {"policy": {"epsilon": epsilon}}))
+        out.append(Variant(f"tune-eps{epsilon:g}", f"turn | {epsilon:g} | 1 | 0.001 / 0.002 | 0.05", ["rag_vector"], {
+            "policy": {"epsilon": epsilon, "refresh": "turn", "kappa": 1.0},
+            "reinforce": {"eta_long": 0.001, "eta_short": 0.002, "eta_pairwise": 0.05},
+        }))
     return out
 
 
@@ -294,14 +299,15 @@ def _pool(results, name: str, seeds: list[int]) -> list[SessionRecord]:
     return [r for s in seeds for r in results[(name, s)]]
 
 
-def render(plan: Plan, only: set[str], results, seconds: float) -> dict[str, str]:
+def render(plan: Plan, only: set[str], results) -> dict[str, str]:
     sections: dict[str, str] = {}
     reported = only & {"learning-campaign", "reranker-auc", "ablations"}
     base = _pool(results, BASE.name, REPORTED_SEEDS) if reported else []
     if "learning-campaign" in only:
-        meta = msgspec.json.decode((Path(plan.results) / f"{BASE.name}-s{REPORTED_SEEDS[0]}" / "campaign.json").read_bytes())
-        world = meta["plan"]["world"]
-        sections["learning-campaign"] = main_section(plan, base, REPORTED_SEEDS, world, seconds)
+        metas = [msgspec.json.decode((Path(plan.results) / f"{BASE.name}-s{s}" / "campaign.json").read_bytes())["plan"]
+                 for s in REPORTED_SEEDS]
+        seconds = sum(m.get("wall_s", 0.0) for m in metas)
+        sections["learning-campaign"] = main_section(plan, base, REPORTED_SEEDS, metas[0]["world"], seconds)
     if "reranker-auc" in only:
         rows = [("AUC 0.85 (default)", base, base)]
         rows += [(v.label, _pool(results, v.name, REPORTED_SEEDS), _pool(results, v.name, REPORTED_SEEDS))
@@ -365,12 +371,11 @@ def main(argv: list[str] | None = None) -> None:
         jobs += [(v, s) for v in ABLATIONS for s in REPORTED_SEEDS]
     if "sweep" in only:
         jobs += [(v, s) for v in sweep_variants() for s in TUNING_SEEDS]
-    started = time.monotonic()
     if args.render_only:
         results = {(v.name, s): load(Path(plan.results) / f"{v.name}-s{s}") for v, s in jobs}
     else:
         results = run_all(plan, jobs, args.jobs)
-    for name, body in render(plan, only, results, time.monotonic() - started).items():
+    for name, body in render(plan, only, results).items():
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         markdown.write_section(args.out, f"{start}\n{body}\n{end}\n", start, end)
         print(body, end="\n\n")

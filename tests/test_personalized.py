@@ -120,3 +120,17 @@ def test_bad_input_is_named(llm):
         llm.chat("zed", "   ")
     with pytest.raises(ValueError, match="unknown method 'rag3'"):
         llm.chat("zed", "hi", method="rag3")
+
+
+def test_memory_lists_active_cards_and_on_request_what_replaced_the_others(llm):
+    llm.chat("kim", "Please always answer with numbered steps. What is 2 + 2?")
+    llm.chat("kim", "I prefer short answers.")
+    assert sorted(c.action for c in llm.memory("kim")) == ["answer with numbered steps", "prefer short answers"]
+    llm.chat("kim", "Actually, give me long detailed answers.")
+    active = llm.memory("kim")
+    assert sorted(c.action for c in active) == ["answer with numbered steps", "give me long detailed answers"]
+    every = llm.memory("kim", include_superseded=True)
+    (old,) = [c for c in every if c.superseded_by is not None]
+    assert old.action == "prefer short answers"
+    assert old.superseded_by == next(c.card_id for c in active if c.action.startswith("give me long"))
+    assert [c.created_at for c in every] == sorted(c.created_at for c in every)  # oldest first

@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +29,7 @@ import msgspec
 from vars_core.backend_stats import BackendStats
 from vars_core.json_repair import RepairError, parse_object
 from vars_core.llm.base import ChatLLM, LLMError, complete_sync
+from vars_core.lru import LRUCache
 from vars_core.types import Message
 
 log = logging.getLogger(__name__)
@@ -165,20 +164,17 @@ class LLMConflictJudge:
     ) -> None:
         self.llm = llm
         self.max_tokens = max_tokens
-        self.cache_size = cache_size
         self.stats = stats if stats is not None else BackendStats()
         self.stats.declare(COUNTERS)
-        self._cache: OrderedDict[str, bool] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: LRUCache[str, bool] = LRUCache(cache_size)
 
     def __call__(self, action_a: str, action_b: str) -> bool:
         self.stats.incr("calls")
         key = pair_key(action_a, action_b)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                self.stats.incr("cache_hits")
-                return self._cache[key]
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.stats.incr("cache_hits")
+            return cached
         first, second = sorted((action_a.strip(), action_b.strip()))
         prompt = [
             Message("system", SYSTEM_PROMPT),
@@ -197,10 +193,7 @@ class LLMConflictJudge:
             self.stats.incr("unparsed")
             log.warning("conflict judge reply did not parse: %.200r", completion.text)
             return False
-        with self._lock:
-            self._cache[key] = verdict
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(key, verdict)
         return verdict
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -24,6 +22,7 @@ import msgspec
 from vars_core.backend_stats import BackendStats
 from vars_core.judge import LABEL_REWARDS, gate, parse_judge_reply
 from vars_core.llm.base import ChatLLM, LLMError, complete_sync
+from vars_core.lru import LRUCache
 from vars_core.types import JudgeResult, Message, RewardLabel
 
 log = logging.getLogger(__name__)
@@ -75,19 +74,14 @@ class LLMJudge:
     ) -> None:
         self.llm = llm
         self.max_tokens = max_tokens
-        self.cache_size = cache_size
         self.stats = stats if stats is not None else BackendStats()
         self.stats.declare(COUNTERS)
-        self._cache: OrderedDict[str, JudgeResult] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: LRUCache[str, JudgeResult] = LRUCache(cache_size)
 
     def judge(self, prev_query: str, prev_answer: str, query: str) -> JudgeResult:
         self.stats.incr("calls")
         key = cache_key(prev_query, prev_answer, query)
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
+        cached = self._cache.get(key)
         if cached is not None:
             self.stats.incr("cache_hits")
             return cached
@@ -109,17 +103,8 @@ class LLMJudge:
         if not result.parsed:
             self.stats.incr("unparsed")
             log.warning("judge reply did not parse: %.200r", completion.text)
-        self._remember(key, result)
+        self._cache.put(key, result)
         return result
-
-    def _remember(self, key: str, result: JudgeResult) -> None:
-        if self.cache_size <= 0:
-            return
-        with self._lock:
-            self._cache[key] = result
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
 
 
 def cache_key(prev_query: str, prev_answer: str, query: str) -> str:
