@@ -416,7 +416,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=20)
     args = parser.parse_args(argv)
     world = build_world()
-    greedy = learning_curve(world, updates=args.updates, every=args.every, reinforce=TUNED)
+    greedy = learning_curve(
+        world, updates=args.updates, every=args.every, reinforce=TUNED, policy=PolicyConfig(kappa=SAMPLED.kappa)
+    )
     sampled = learning_curve(world, updates=args.updates, every=args.every, reinforce=TUNED, policy=SAMPLED)
     curves = {
         "rag": greedy["rag"],

@@ -3,7 +3,7 @@
 One user holds N active cards in a real Redis (an embedded redis-server, as the workers
 use). The figure is the retrieve stage handler (`vars_core.stages.retrieve.handle`, what a
 retrieve worker runs per event): the store reads, FAISS `IndexIDMap(IndexFlatIP)` top-64,
-s0, the policy's Plackett-Luce list of 5 (method rag_vector), the trace and its commit.
+s0, the policy's list of 5 (method rag_vector), the trace and its commit.
 
 Cards: the scripted catalog's 51 preferences, each card a variant ("<condition> in case
 <i>"). Their embeddings are the real MiniLM embeddings of the 51 notes and conditions, each
@@ -276,7 +276,7 @@ def section(results: list[Result], queries: int, reps: int, load: tuple[float, f
             "",
             "One user with N active cards in an embedded Redis; the retrieve stage handler as a worker",
             "runs it (store reads, FAISS `IndexIDMap(IndexFlatIP)` top-64 over 384-d MiniLM vectors, s0,",
-            "the policy's Plackett-Luce list of 5, the trace and its commit), rag_vector. Card",
+            "the policy's list of 5, the trace and its commit), rag_vector. Card",
             "embeddings are perturbed copies of the MiniLM embeddings of the scripted catalog's 51",
             "notes and conditions (cosine about 0.9 to their base); query embeddings come from the",
             "embedder's cache, so embedding is not timed. p50 / p99 in ms over "

@@ -89,6 +89,8 @@ def _full(store: StateStore, match_on: str = "condition") -> UserIndex:
 
 def _same(a: UserIndex, b: UserIndex) -> None:
     assert a.card_ids == b.card_ids and a.notes == b.notes and a.version == b.version
+    assert a.created == b.created
+    np.testing.assert_array_equal(a.global_mask, b.global_mask)
     np.testing.assert_array_equal(a._matrix(), b._matrix())
     assert a.items.keys() == b.items.keys()
     for pv in a.items:
@@ -129,6 +131,19 @@ def test_a_version_bump_patches_the_index_with_only_the_changed_cards(store):
     assert "c003" not in patched.card_ids and "c007" not in patched.card_ids
     assert {"c020", "c021"} <= set(patched.card_ids)
     assert patched.log_length == store.backend.llen(user.changes_key)
+
+
+def test_a_patch_keeps_which_cards_are_global(store):
+    user, cache = store.user(USER), IndexCache()
+    user_index(cache, user, "condition")
+    general = [_card(60, condition="answering any question", created_at="000002.0001"),
+               _card(61, condition="replying to me in general", created_at="000003.0001")]
+    _write(store, general)
+    _write(store, [(msgspec.structs.replace(_card(4)[0], condition="answering any request"), None)])
+    patched = user_index(cache, user, "condition")
+    _same(patched, _full(store))
+    assert [patched.card_ids[i] for i in patched.global_positions(10)] == ["c061", "c060", "c004"]
+    assert [patched.card_ids[i] for i in patched.global_positions(1)] == ["c061"]  # newest first
 
 
 def test_a_bump_the_change_log_cannot_account_for_rebuilds_in_full(store):

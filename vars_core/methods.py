@@ -20,7 +20,7 @@ class Method(msgspec.Struct, frozen=True):
     name: str
     stages: tuple[str, ...]  # stages after simulate, in order, for every turn
     memory: Literal["none", "history", "reflection", "all", "retrieved"]
-    uses_vector: bool  # retrieval adds the learned user vector and samples (learning on)
+    uses_vector: bool  # retrieval adds the learned user vector, and the vector learns
 
 
 METHODS: dict[str, Method] = {

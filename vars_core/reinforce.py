@@ -68,8 +68,9 @@ def list_gradient(trace: RetrievalTrace) -> np.ndarray:
 def greedy_gradient(trace: RetrievalTrace) -> np.ndarray:
     """The reference's off-policy form for a greedy list, scaled to the exact gradient's
     magnitude: (1/tau)(sum_chosen u - k sum_j pi_j u_j). A greedy list has no
-    log-probability to differentiate, so this is a biased surrogate: it raises the chosen
-    cards against the policy's average card, as a sampled list's gradient does on average."""
+    log-probability to differentiate, so this is a biased surrogate: it raises (or lowers)
+    the listed cards together against the policy's average card, and cannot see an order
+    inside the list."""
     u = gradient_rows(trace)
     pi = np.asarray(trace.probs, dtype=np.float64)
     k = len(trace.chosen)

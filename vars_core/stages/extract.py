@@ -7,6 +7,7 @@ the stage committed and applies nothing twice."""
 
 from __future__ import annotations
 
+from vars_core.conflicts import ConflictCheck
 from vars_core.memory import MergePlan, merge_ops, plan_merge
 from vars_core.reinforce import pairwise_credit
 from vars_core.stages.context import StageContext
@@ -22,7 +23,9 @@ from vars_core.types import (
 )
 
 
-def conflicting_cards(trace: RetrievalTrace, restated: Card, cards: dict[str, Card | None], conflicts) -> list[str]:
+def conflicting_cards(
+    trace: RetrievalTrace, restated: Card, cards: dict[str, Card | None], conflicts: ConflictCheck
+) -> list[str]:
     """The ranked cards of ``trace``'s list whose action conflicts with the restated card's,
     in list order (``cards``: card id -> record, None for a card gone since)."""
     out = []
@@ -90,8 +93,9 @@ def _credit(
     plan: MergePlan,
     active: dict[str, Card],
     embeddings: dict[str, CardEmbedding],
-    conflicts,
+    conflicts: ConflictCheck,
 ) -> tuple[list[Op], list[PairwiseStep]]:
+    """The credit's vector ops and steps for every card this merge restated."""
     cfg = ctx.engine.config
     written = {w.card.card_id: w for w in plan.writes}
     listed = ctx.user.cards_of([trace.candidate_ids[i] for i in trace.chosen])
@@ -104,7 +108,7 @@ def _credit(
         against = conflicting_cards(trace, card, listed, conflicts)
         if not against:
             continue
-        emb = written[cid].embedding if cid in written and written[cid].embedding else embeddings.get(cid)
+        emb = (written[cid].embedding if cid in written else None) or embeddings.get(cid)
         item = emb.item if emb is not None and emb.projection_version == trace.projection_version else None
         vector, done = pairwise_credit(vector, trace, cid, item, against, cfg.reinforce, cfg.policy)
         steps += done
