@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from perf import markdown
+from perf.learning_campaign import world_fingerprint
 from scheduler.spec import apply_override
 from vars_core import retrieval
 from vars_core.config import EngineConfig, load_config
@@ -126,12 +127,12 @@ def diagnose(label: str, method: str, config: EngineConfig, seeds: list[int], pr
     return label, places, correct, probes
 
 
-def render(rows: list[tuple[str, Counter, int, int]], seeds: list[int], profiles: int, seconds: float) -> str:
+def render(rows: list[tuple[str, Counter, int, int]], seeds: list[int], profiles: int, seconds: float, world: str) -> str:
     lines = [
         START,
         "## Where conflict probes are won and lost",
         "",
-        f"Late conflict probes (the last three sessions) of {profiles} profiles x seeds "
+        f"World `{world}`. Late conflict probes (the last three sessions) of {profiles} profiles x seeds "
         f"{', '.join(map(str, seeds))} (tuning seeds), default settings; for each, where the winner's card stood "
         "when the agent wrote its first reply. The oracle row serves rag with a perfect learned term "
         "under the bounded form (+c on each user's accepted winner cards, 0 elsewhere): the most a user "
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         diagnose("rag_vector", "rag_vector", *common),
         diagnose("oracle (rag + perfect learned term)", "rag", *common, oracle=True),
     ]
-    section = render(rows, args.seeds, args.profiles, time.monotonic() - start)
+    world = world_fingerprint(Engine(config=config))["hash"]
+    section = render(rows, args.seeds, args.profiles, time.monotonic() - start, world)
     markdown.write_section(args.out, section, START, END)
     print(section, end="")
 

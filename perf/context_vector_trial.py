@@ -36,6 +36,7 @@ from perf.learning_campaign import (
     enforcements,
     estimate,
     paired,
+    world_fingerprint,
 )
 from vars_core.types import SessionRecord
 
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(max_workers=args.jobs, max_tasks_per_child=1) as pool:  # patches stay in their process
         futures = [pool.submit(run_seed, s, args.profiles, args.sessions, c) for s, c in jobs]
         records = [r for f in futures for r in f.result()]
+    from vars_core.engine import Engine
+
+    world = world_fingerprint(Engine())["hash"]
     late = set(range(args.sessions - 2, args.sessions + 1))
     diff, probes = paired(records, "rag_vector", records, "rag", late, conflicts)
     enf = paired(records, "rag_vector", records, "rag", late, enforcements)[0]
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         START,
         "## A trial: the user vector conditioned on request cues",
         "",
-        f"rag_vector whose z has a part per request cue ({len(CUES)} generic cues read from the request's first "
+        f"World `{world}`. rag_vector whose z has a part per request cue ({len(CUES)} generic cues read from the request's first "
         f"paragraph) besides the global one, against rag; tuning seeds {', '.join(map(str, TUNING_SEEDS))}, "
         f"{args.profiles} profiles x {args.sessions} sessions, defaults otherwise. Late = sessions "
         f"{min(late)}-{args.sessions}. {time.monotonic() - started:.0f} s. `python -m perf.context_vector_trial`.",

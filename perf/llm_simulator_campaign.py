@@ -95,9 +95,10 @@ def engine_for(url: str, args: argparse.Namespace, schema_format: str, embedder:
         "simulator": "llm",
         "simulator_llm": {**server, "max_tokens": args.sim_max_tokens, "schema_format": schema_format},
         "judge": "llm",
-        # The judge goes through the engine's default schema form: what a deployment that
-        # did not set schema_format gets from llama-cpp-python (the schema is ignored).
-        "judge_llm": server,
+        # By default the judge goes through the engine's default schema form: what a
+        # deployment that did not set schema_format gets from llama-cpp-python (the schema
+        # is ignored); --judge-schema json_object has it enforced.
+        "judge_llm": {**server, "schema_format": args.judge_schema},
         "extractor": args.extractor,
         # Constrained in both variants: the variants differ in the simulator only.
         "extractor_llm": {**server, "schema_format": "json_object"},
@@ -136,12 +137,14 @@ def run(args: argparse.Namespace, url: str, schema_format: str, embedder: Any = 
             records += lane
     seconds = time.monotonic() - started
     sims = [s for r in records for s in simulator_turns(store, r)]
+    vectors = [v for uid in {r.user_id for r in records} if (v := store.user(uid).stored_vector()) is not None]
     user = engine.simulator
     assert isinstance(user, LLMUser)
     return {
         "variant": schema_format,
         "embedder": engine.embedder if "rag_vector" in args.methods or "rag" in args.methods else embedder,
         "records": records,
+        "pairwise_steps": sum(v.pairwise_steps for v in vectors),
         "seconds": seconds,
         "sims": sims,
         "stats": engine.backend_stats(),
@@ -182,10 +185,14 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"(max_tokens {args.sim_max_tokens}), the agent (max_tokens {args.agent_max_tokens}), the "
         "reward judge (`judge = \"llm\"`) and the extractor "
         f"(`extractor = \"{args.extractor}\"`) are all SmolLM2-135M-Instruct (Q4_1 GGUF) on one "
-        "llama-cpp-python server (1 thread) on a busy 2-core CPU. The judge uses the engine's "
-        "default schema form, which llama-cpp-python ignores; the extractor is constrained in "
-        "both runs. Regenerate with `python -m perf.llm_simulator_campaign`. A 135M model does "
-        "not follow the protocol: these figures measure robustness, not methods.",
+        f"llama-cpp-python server ({args.threads} thread(s)) on a 2-core CPU. The judge's schema is "
+        + ("sent in the engine's default form, which llama-cpp-python ignores"
+           if args.judge_schema == "json_schema" else "sent as `json_object`, which llama-cpp-python enforces")
+        + "; the extractor is constrained in every run. Regenerate with `python -m "
+        f"perf.llm_simulator_campaign --methods {','.join(args.methods)} --variants {','.join(args.variants)} "
+        f"--profiles {args.profiles} --sessions {args.sessions} --max-turns {args.max_turns} "
+        f"--threads {args.threads} --judge-schema {args.judge_schema}`. A 135M model does not follow "
+        "the protocol: these figures measure robustness, not methods.",
         "",
         "| simulator schema | sessions | wall s | model turns | parsed first time | after local repair | after the retry | fell back (reasons) |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -245,6 +252,8 @@ def _details(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
         f"{sim['agree']} agree, {sim['disagree']} disagree.",
         f"- Reward judge: {judge.get('calls', 0)} calls, {judge.get('unparsed', 0)} unparsed "
         f"(neutral, no update), {judge.get('llm_errors', 0)} backend errors.",
+        f"- Learning: {sum(rec.updates_applied for rec in r['records'])} REINFORCE updates applied, "
+        f"{r['pairwise_steps']} pairwise conflict-credit steps.",
     ]
     if args.extractor == "llm":
         lines.append(
@@ -303,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
         "llama-cpp-python), json_schema (ignored by it)",
     )
     parser.add_argument("--extractor", choices=["rules", "llm"], default="llm")
+    parser.add_argument("--judge-schema", choices=["json_schema", "json_object"], default="json_schema",
+                        help="how the reward judge's schema is sent (json_object: enforced by llama-cpp-python)")
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1)  # 2 threads spin on a busy 2-core box
     parser.add_argument("--port", type=int, default=18432)
