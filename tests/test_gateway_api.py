@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BULLETS = "When answering any question, use bullet points for the key points."
 SNAKE = "When writing python code, use snake_case names."
+DOCSTRINGS = "When writing a function for me, add a docstring to every function."
 BULLET_LINE = re.compile(r"(?m)^- \S")
 MODEL = "vars-rag_vector"
 
@@ -194,7 +195,8 @@ def feedback(gateway, key, **body) -> httpx.Response:
 def test_feedback_is_applied_once_through_the_update_path(pipeline, gateway, keys):
     shared, other = keys
     c = client(gateway, shared)
-    teach(c, "erin", BULLETS, SNAKE)  # two cards: a list with a real choice in it
+    # two ranked cards (a global one would bypass ranking): a list with a real choice in it
+    teach(c, "erin", DOCSTRINGS, SNAKE)
     reply = ask(c, "erin", "How do I name a helper in python code?", session="fb")
     store = pipeline.store()
     user = store.user("default/erin")
