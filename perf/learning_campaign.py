@@ -327,7 +327,7 @@ def render(plan: Plan, only: set[str], results) -> dict[str, str]:
             "",
             f"rag and rag_vector, {plan.profiles} profiles x {plan.sessions} sessions x seeds "
             f"{', '.join(map(str, REPORTED_SEEDS))}, the scripted reranker at three ROC AUCs (0.85 is the "
-            "default, fixed before any rag_vector result under it). Differences paired by profile.",
+            "default, fixed before any rag_vector campaign under it). Differences paired by profile.",
             "", HEADER, "|---|---:|---:|---:|---:|---:|", *comparison_rows(plan, rows, None)])
     if "ablations" in only:
         rows = [(f"rag_vector with every part (world `{_world(plan, BASE.name, REPORTED_SEEDS[0])}`)", base, base)]
