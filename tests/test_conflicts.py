@@ -7,7 +7,12 @@ import pytest
 
 from tests.test_llm_extractor import CannedLLM, small_model  # noqa: F401 (a fixture)
 from vars_core.config import load_config
-from vars_core.conflicts import CONFLICT_SCHEMA, LLMConflictJudge, parse_conflict_reply, table_conflict
+from vars_core.conflicts import (
+    CONFLICT_SCHEMA,
+    LLMConflictJudge,
+    parse_conflict_reply,
+    table_conflict,
+)
 from vars_core.engine import Engine
 from vars_core.llm.base import LLMError
 

@@ -14,6 +14,7 @@ the list, and whether it was sampled.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,20 @@ from vars_core.types import RetrievalTrace, UserVector
 
 # The reranker accepts a card when P(yes) >= 0.5.
 ACCEPT_LOG_P = math.log(0.5)
+# The floor of every s0: log(1e-6). A reranker certain that a note does not apply still
+# gives a finite score, so softmax and the learned term's cap stay defined.
+MIN_LOG_P = math.log(1e-6)
+
+
+def log_probs(p: Any) -> np.ndarray:
+    """log of probabilities, clipped to [MIN_LOG_P, 0]."""
+    return np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1.0))
+
+
+def log_sigmoid(logits: Any) -> np.ndarray:
+    """log sigmoid(x), computed stably, clipped to [MIN_LOG_P, 0]."""
+    x = np.asarray(logits, dtype=np.float64)
+    return np.maximum(-np.logaddexp(0.0, -x), MIN_LOG_P)
 
 
 def effective_vector(vector: UserVector, cfg: PolicyConfig) -> np.ndarray:
@@ -132,15 +147,14 @@ def select(
     s0 = ranking_base(log_p, cfg)
     cap = learned_cap(s0, cfg)
     b, slopes = np.zeros(n), np.zeros(n)
-    if vector is not None and _usable(vector, projection_version):
-        z_eff = effective_vector(vector, cfg)
+    usable = vector is not None and _usable(vector, projection_version)
+    if usable or learning:
+        # A learning turn records slopes even before anything is learned (z = 0): the first
+        # update differentiates them.
+        z_eff = effective_vector(vector, cfg) if usable else np.zeros(items.shape[1])
         if z_eff.shape[0] != items.shape[1]:
-            raise ValueError(
-                f"user vector has {z_eff.shape[0]} dimensions, item vectors {items.shape[1]}"
-            )
+            raise ValueError(f"user vector has {z_eff.shape[0]} dimensions, item vectors {items.shape[1]}")
         b, slopes = learned_term(log_p, items, z_eff, cap, cfg)
-    elif learning:
-        _, slopes = learned_term(log_p, items, np.zeros(items.shape[1]), cap, cfg)
     s = s0 + b
     pi = softmax(s, cfg.tau)
     k = min(cfg.list_size, n)

@@ -13,7 +13,6 @@ callable that ``retrieval.retrieve`` takes.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from vars_core import retrieval
 from vars_core.embedder import build_backend
 from vars_core.embedders_http import ModelServerError, endpoint_url, http_client, post_json
+from vars_core.policy import MIN_LOG_P, log_probs, log_sigmoid
 
 DEFAULT_INSTRUCTION = (
     "Given a user's request to an assistant, judge whether this remembered preference of "
@@ -37,20 +37,6 @@ QWEN3_PREFIX = (
 )
 QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
-# The floor of every s0: log(1e-6). A reranker certain that a note does not apply still
-# gives a finite score, so softmax and the learned term's cap stay defined.
-MIN_LOG_P = math.log(1e-6)
-
-
-def log_probs(p: Any) -> np.ndarray:
-    """log of probabilities, clipped to [MIN_LOG_P, 0]."""
-    return np.log(np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1.0))
-
-
-def log_sigmoid(logits: Any) -> np.ndarray:
-    """log sigmoid(x), computed stably, clipped to [MIN_LOG_P, 0]."""
-    x = np.asarray(logits, dtype=np.float64)
-    return np.maximum(-np.logaddexp(0.0, -x), MIN_LOG_P)
 
 
 class Reranker(Protocol):

@@ -22,7 +22,7 @@ import numpy as np
 
 from vars_core.config import PolicyConfig
 from vars_core.global_prefs import is_global
-from vars_core.policy import select
+from vars_core.policy import log_probs, select
 from vars_core.types import Card, CardEmbedding, RetrievalTrace, UserVector
 
 # (candidate ids, cosines) -> s0 (log P(yes)); a text reranker is bound to this shape by rerankers
@@ -287,8 +287,7 @@ def dense_candidates(
 
 def cosine_log_p(cosines: np.ndarray) -> np.ndarray:
     """The "none" reranker (an ablation): s0 = log((1 + cos) / 2), clipped at log(1e-6)."""
-    p = np.clip((1.0 + np.asarray(cosines, dtype=np.float64)) / 2.0, 1e-6, 1.0)
-    return np.log(p)
+    return log_probs((1.0 + np.asarray(cosines, dtype=np.float64)) / 2.0)
 
 
 def retrieve(

@@ -25,7 +25,7 @@ from statistics import NormalDist
 import numpy as np
 
 from vars_core.notes import normalize, parse_notes
-from vars_core.rerankers import log_sigmoid
+from vars_core.policy import log_sigmoid
 from vars_core.scripted.catalog import find_by_condition
 from vars_core.scripted.context import ANY, context_of
 
